@@ -47,6 +47,8 @@ mod message;
 mod progress;
 mod raft;
 mod rng;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use config::{Config, ReadMode};

@@ -794,6 +794,16 @@ impl Raft {
         self.election_elapsed_ticks = 0;
     }
 
+    /// A follower's membership changes when config entries reach its log: a promoted learner
+    /// starts counting and campaigning, a demoted voter stops.
+    fn refresh_role(&mut self) {
+        match (self.role, self.is_voter()) {
+            (Role::Learner, true) => self.role = Role::Follower,
+            (Role::Follower | Role::PreCandidate | Role::Candidate, false) => self.role = Role::Learner,
+            _ => {}
+        }
+    }
+
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.term {
             self.term = term;
@@ -977,7 +987,8 @@ impl Raft {
     fn sync_progress_with_membership(&mut self) {
         let membership = self.log.membership().clone();
         self.progress.retain(|id, _| membership.contains(*id));
-        let next = self.log.last_index().next();
+        // Start new members at the membership entry itself, so the first probe carries it.
+        let next = self.log.last_index();
         for id in membership.members() {
             self.progress.entry(id).or_insert_with(|| {
                 let mut pr = Progress::new(next);
@@ -1199,9 +1210,23 @@ impl Raft {
         match pr.state {
             ProgressState::Probe => pr.probe_sent = false,
             ProgressState::Replicate => {
-                // Pipelined appends were lost: the follower is behind what we sent.
+                // Pipelined appends may have been lost (the follower is behind what we sent):
+                // an empty AppendEntries at next_index - 1 is rejected if so, which moves the
+                // follower to Probe; if they were merely in flight it is acknowledged.
                 if pr.match_index < last_index && last_log_index < pr.next_index.prev() {
-                    pr.become_probe();
+                    let prev_log_index = pr.next_index.prev();
+                    if let Some(prev_log_term) = self.log.term_at(prev_log_index) {
+                        let leader_commit = self.log.committed;
+                        self.send(
+                            from,
+                            MessageBody::AppendEntries {
+                                prev_log_index,
+                                prev_log_term,
+                                entries: Vec::new(),
+                                leader_commit,
+                            },
+                        );
+                    }
                 }
             }
             ProgressState::Snapshot { .. } => {}
@@ -1348,9 +1373,19 @@ impl Raft {
         entries: Vec<Entry>,
         leader_commit: LogIndex,
     ) {
-        if prev_log_index < self.log.committed {
-            // Everything up to our commit index matches the leader already.
-            let committed = self.log.committed;
+        let (mut prev_log_index, mut prev_log_term, mut entries) = (prev_log_index, prev_log_term, entries);
+        let committed = self.log.committed;
+        if prev_log_index < committed {
+            // Everything up to our commit index matches the leader already (§5.4 leader
+            // completeness), so skip those entries and check from the commit index.
+            let n_skip = (committed.0 - prev_log_index.0) as usize;
+            if entries.len() > n_skip {
+                entries.drain(..n_skip);
+                prev_log_index = committed;
+                prev_log_term = self.log.term_at(committed).unwrap_or(Term(0));
+            }
+        }
+        if prev_log_index < committed {
             self.send(
                 from,
                 MessageBody::AppendEntriesResponse {
@@ -1366,6 +1401,7 @@ impl Raft {
         if self.log.matches(prev_log_index, prev_log_term) {
             let last_new = self.log.append_after_check(prev_log_index, entries);
             self.log.commit_to(leader_commit.min(last_new));
+            self.refresh_role();
             self.send(
                 from,
                 MessageBody::AppendEntriesResponse {
@@ -1451,11 +1487,7 @@ impl Raft {
             self.incoming_snapshot = None;
             self.latest_snapshot = Some(meta.clone());
             self.snapshot_install = Some(meta);
-            self.role = if self.is_voter() {
-                Role::Follower
-            } else {
-                Role::Learner
-            };
+            self.refresh_role();
         } else {
             self.incoming_snapshot = Some((meta, next_offset));
         }
@@ -1467,5 +1499,10 @@ impl Raft {
                 done,
             },
         );
+    }
+
+    #[cfg(test)]
+    pub(crate) fn election_elapsed_for_tests_add(&mut self, ticks: u64) {
+        self.election_elapsed_ticks += ticks;
     }
 }
