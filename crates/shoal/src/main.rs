@@ -1,1 +1,59 @@
-fn main() {}
+//! `shoal`: the one binary. Glue only: parse the command line, set up tracing, run the command,
+//! exit with a deliberate code (0 success, 1 failure with a one-line reason, 2 usage error).
+
+mod bench;
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{BenchCommand, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Bench(BenchCommand::Fsync {
+            dir,
+            count,
+            write_bytes,
+        }) => {
+            bench::fsync(&cli.global, &dir, count, write_bytes)?;
+        }
+        Command::Bench(BenchCommand::RaftCore {
+            entries,
+            payload_bytes,
+        }) => {
+            bench::raft_core(&cli.global, entries, payload_bytes)?;
+        }
+        other => anyhow::bail!("command {other:?} is not available in this build yet"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
