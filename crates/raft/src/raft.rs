@@ -32,6 +32,12 @@ pub enum ProposeError {
     ConfigChangePending,
     /// The change is not valid for the current membership.
     InvalidConfigChange(String),
+    /// A learner is promoted only once it holds every committed entry, so the new voter does not
+    /// stall commits while it catches up (dissertation §4.2.1).
+    LearnerBehind {
+        match_index: LogIndex,
+        commit_index: LogIndex,
+    },
 }
 
 impl std::fmt::Display for ProposeError {
@@ -66,6 +72,14 @@ impl std::fmt::Display for ProposeError {
                 )
             }
             ProposeError::InvalidConfigChange(why) => write!(f, "invalid membership change: {why}"),
+            ProposeError::LearnerBehind {
+                match_index,
+                commit_index,
+            } => write!(
+                f,
+                "learner holds entries up to {match_index} but the commit index is {commit_index}; \
+                 retry once it has caught up"
+            ),
         }
     }
 }
@@ -456,6 +470,15 @@ impl Raft {
             .membership()
             .apply(&change)
             .map_err(ProposeError::InvalidConfigChange)?;
+        if let ConfigChange::PromoteLearner(id) = change {
+            let match_index = self.progress.get(&id).map_or(LogIndex::ZERO, |pr| pr.match_index);
+            if match_index < self.log.committed {
+                return Err(ProposeError::LearnerBehind {
+                    match_index,
+                    commit_index: self.log.committed,
+                });
+            }
+        }
         let index = self.append_leader_entry(EntryKind::ConfigChange(change), context);
         Ok((self.term, index))
     }

@@ -808,3 +808,50 @@ fn proposals_are_bounded_by_size_and_uncommitted_bytes() {
         Err(ProposeError::Busy { .. })
     ));
 }
+
+#[test]
+fn learner_catches_up_then_is_promoted_and_counts_for_commit() {
+    // Goal: a learner added while serving receives the log, is refused promotion while behind,
+    // and once promoted becomes a voter that campaigns and counts in quorums.
+    let mut nodes = three_with_leader();
+    nodes.push(node_with(config(4), &[1, 2, 3]));
+    for i in 0..3u8 {
+        nodes[0].propose(vec![i]).expect("accepts");
+    }
+    deliver_all(&mut nodes);
+    nodes[0]
+        .propose_config_change(ConfigChange::AddLearner(NodeId(4)), vec![])
+        .expect("add learner");
+    // Before anything reaches node 4, promotion is refused (pending change, then behind).
+    assert_eq!(
+        nodes[0].propose_config_change(ConfigChange::PromoteLearner(NodeId(4)), vec![]),
+        Err(ProposeError::ConfigChangePending)
+    );
+    // Deliver while node 4 is unreachable: the change commits on the voters alone.
+    let mut voters: Vec<Raft> = nodes.drain(..3).collect();
+    deliver_all(&mut voters);
+    assert!(matches!(
+        voters[0].propose_config_change(ConfigChange::PromoteLearner(NodeId(4)), vec![]),
+        Err(ProposeError::LearnerBehind { .. })
+    ));
+    voters.append(&mut nodes);
+    let mut nodes = voters;
+    // Heartbeat responses resume the probe; node 4 catches up.
+    nodes[0].tick();
+    deliver_all(&mut nodes);
+    assert_eq!(nodes[3].last_index(), nodes[0].last_index());
+    assert_eq!(nodes[3].role(), Role::Learner);
+    nodes[0]
+        .propose_config_change(ConfigChange::PromoteLearner(NodeId(4)), vec![])
+        .expect("promote");
+    deliver_all(&mut nodes);
+    nodes[0].tick();
+    deliver_all(&mut nodes);
+    assert_eq!(nodes[3].role(), Role::Follower);
+    assert_eq!(nodes[0].membership().voters.len(), 4);
+    // With 4 voters a quorum is 3: leader + node 4 alone cannot commit.
+    let mut two: Vec<Raft> = vec![nodes.remove(0), nodes.remove(2)];
+    let (_, index) = two[0].propose(vec![42]).expect("accepts");
+    deliver_all(&mut two);
+    assert!(two[0].commit_index() < index);
+}
