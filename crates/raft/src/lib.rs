@@ -21,9 +21,10 @@
 //!
 //! 1. **Persist before sending.** Write `snapshot_chunks` (a `done` chunk makes the snapshot
 //!    durable and replaces the stored log by it), then `entries` (first discarding stored
-//!    entries at or after `entries[0].index`), then `hard_state` (atomically), and fsync all of
-//!    it. Only then send `messages` and `snapshot_sends`. A vote, an acknowledgement or a
-//!    leader's own match index that reached another node must never be forgotten by a crash.
+//!    entries at or after `entries[0].index`) and fsync them, then `hard_state` (atomically and
+//!    durably; written after the entries because its commit index refers to them). Only then
+//!    send `messages` and `snapshot_sends`. A vote, an acknowledgement or a leader's own match
+//!    index that reached another node must never be forgotten by a crash.
 //! 2. **Restore, then apply.** If `snapshot_install` is set, restore the state machine from that
 //!    snapshot; then apply `committed_entries` in order (ignoring `Noop` entries).
 //! 3. **Reads after apply.** Serve a [`ReadState`] only once the state machine has applied its
