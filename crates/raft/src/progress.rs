@@ -34,6 +34,9 @@ pub(crate) struct Progress {
     pub recent_active: bool,
     /// Highest ReadIndex/heartbeat round this follower acknowledged.
     pub read_round_acked: u64,
+    /// The last heartbeat round sent and the last index sent before it: a response to that
+    /// round showing a shorter log means appends sent before the heartbeat were lost.
+    pub heartbeat_sent: Option<(u64, LogIndex)>,
 }
 
 impl Progress {
@@ -46,6 +49,7 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: false,
             read_round_acked: 0,
+            heartbeat_sent: None,
         }
     }
 

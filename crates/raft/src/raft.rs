@@ -211,6 +211,9 @@ pub struct Raft {
     uncommitted_bytes: usize,
     transfer_target: Option<NodeId>,
     transfer_elapsed_ticks: u64,
+    /// A TimeoutNow went out this term: voters may elect the target regardless of our lease,
+    /// so lease reads are off until the next term.
+    timeout_now_sent: bool,
     read_round: u64,
     read_round_broadcast_pending: bool,
     round_sent_ticks: VecDeque<(u64, u64)>,
@@ -260,6 +263,7 @@ impl Raft {
             uncommitted_bytes: 0,
             transfer_target: None,
             transfer_elapsed_ticks: 0,
+            timeout_now_sent: false,
             read_round: 0,
             read_round_broadcast_pending: false,
             round_sent_ticks: VecDeque::new(),
@@ -523,6 +527,7 @@ impl Raft {
             .get(&target)
             .is_some_and(|pr| pr.match_index == self.log.last_index());
         if caught_up {
+            self.timeout_now_sent = true;
             self.send(target, MessageBody::TimeoutNow);
         }
         Ok(())
@@ -796,8 +801,14 @@ impl Raft {
 
     /// Has this node heard from a leader within the minimum election timeout?
     fn in_leader_lease(&self) -> bool {
+        // With lease reads a restarted node must also honour a lease it may have granted
+        // before the crash (it forgot the leader), so it treats its first election timeout
+        // after start as "heard from a leader".
+        let leader_known = self.leader.is_some()
+            || (self.config.read_mode == ReadMode::Lease
+                && self.tick_count < self.config.election_timeout_ticks);
         self.config.check_quorum
-            && self.leader.is_some()
+            && leader_known
             && self.election_elapsed_ticks < self.config.election_timeout_ticks
     }
 
@@ -948,6 +959,7 @@ impl Raft {
         self.heartbeat_elapsed_ticks = 0;
         self.election_elapsed_ticks = 0;
         self.transfer_target = None;
+        self.timeout_now_sent = false;
         self.uncommitted_bytes = 0;
         self.pending_reads.clear();
         self.reads_waiting_for_commit.clear();
@@ -1197,6 +1209,7 @@ impl Raft {
                 self.maybe_commit();
             }
             if caught_up && self.transfer_target == Some(from) {
+                self.timeout_now_sent = true;
                 self.send(from, MessageBody::TimeoutNow);
             }
             return;
@@ -1233,22 +1246,31 @@ impl Raft {
         match pr.state {
             ProgressState::Probe => pr.probe_sent = false,
             ProgressState::Replicate => {
-                // Pipelined appends may have been lost (the follower is behind what we sent):
-                // an empty AppendEntries at next_index - 1 is rejected if so, which moves the
-                // follower to Probe; if they were merely in flight it is acknowledged.
-                if pr.match_index < last_index && last_log_index < pr.next_index.prev() {
+                // Appends sent before this heartbeat were lost (the follower's log is shorter
+                // than what we had sent), or acknowledgements were lost while the window is
+                // full: an empty AppendEntries at next_index - 1 settles it. A rejection moves
+                // the follower to Probe; a success acknowledges and frees the window.
+                let lost_appends = pr
+                    .heartbeat_sent
+                    .is_some_and(|(round, sent)| round == read_round && last_log_index < sent);
+                let window_full = pr.inflight.len() >= self.config.inflight_messages_max;
+                if pr.match_index < last_index && (lost_appends || window_full) {
                     let prev_log_index = pr.next_index.prev();
-                    if let Some(prev_log_term) = self.log.term_at(prev_log_index) {
-                        let leader_commit = self.log.committed;
-                        self.send(
-                            from,
-                            MessageBody::AppendEntries {
-                                prev_log_index,
-                                prev_log_term,
-                                entries: Vec::new(),
-                                leader_commit,
-                            },
-                        );
+                    match self.log.term_at(prev_log_index) {
+                        Some(prev_log_term) => {
+                            let leader_commit = self.log.committed;
+                            self.send(
+                                from,
+                                MessageBody::AppendEntries {
+                                    prev_log_index,
+                                    prev_log_term,
+                                    entries: Vec::new(),
+                                    leader_commit,
+                                },
+                            );
+                        }
+                        // Compacted meanwhile: Probe, whose next send starts the snapshot.
+                        None => pr.become_probe(),
                     }
                 }
             }
@@ -1313,6 +1335,7 @@ impl Raft {
     fn lease_valid(&self) -> bool {
         let lease_ticks = self.config.election_timeout_ticks - self.config.lease_margin_ticks;
         self.transfer_target.is_none()
+            && !self.timeout_now_sent
             && self
                 .lease_start_tick
                 .is_some_and(|start| self.tick_count < start + lease_ticks)
@@ -1333,9 +1356,12 @@ impl Raft {
         let round = self.read_round;
         let peers: Vec<(NodeId, LogIndex)> = self
             .progress
-            .iter()
+            .iter_mut()
             .filter(|(id, _)| **id != self.id)
-            .map(|(id, pr)| (*id, pr.match_index.min(committed)))
+            .map(|(id, pr)| {
+                pr.heartbeat_sent = Some((round, pr.next_index.prev()));
+                (*id, pr.match_index.min(committed))
+            })
             .collect();
         for (peer, commit) in peers {
             self.send(

@@ -574,6 +574,29 @@ fn lease_read_is_served_without_a_round_while_lease_holds() {
             node_with(c, &[1, 2, 3])
         })
         .collect();
+    // In lease mode a freshly started node honours a lease it may have granted before a
+    // restart: it refuses votes for its first election timeout.
+    nodes[1].campaign();
+    assert_eq!(bodies_to(&nodes[1].take_ready(), 1).len(), 1);
+    nodes[0].step(msg(
+        2,
+        1,
+        1,
+        MessageBody::PreVote {
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+        },
+    ));
+    assert_eq!(
+        bodies_to(&nodes[0].take_ready(), 2),
+        vec![MessageBody::PreVoteResponse { granted: false }]
+    );
+    for node in nodes.iter_mut() {
+        for _ in 0..10 {
+            node.tick();
+        }
+        node.take_ready();
+    }
     nodes[0].campaign();
     deliver_all(&mut nodes);
     nodes[0].tick();
