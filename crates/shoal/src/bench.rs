@@ -141,3 +141,82 @@ pub fn raft_core(global: &GlobalArgs, entries: u64, payload_bytes: usize) -> any
     }
     Ok(())
 }
+
+/// Proposals/s and commit latency (client-observed: propose → applied on the leader → reply)
+/// against a running cluster, one level of concurrency after another.
+pub fn raft_cluster(
+    global: &GlobalArgs,
+    proposers: &[usize],
+    duration: Duration,
+    payload_bytes: usize,
+) -> anyhow::Result<()> {
+    use shoal_raft_runtime::KvCommand;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async {
+        let client = crate::cluster::client(global)?;
+        let status = client.status().await.context("reaching the cluster")?;
+        let fsyncs_before = client.status_at(status.leader_addr.as_deref().unwrap_or(&global.endpoints[0])).await?.n_fsyncs;
+        let mut rows = Vec::new();
+        for &n_proposers in proposers {
+            let deadline = Instant::now() + duration;
+            let mut tasks = Vec::new();
+            for proposer in 0..n_proposers {
+                let client = client.clone();
+                let value = vec![b'v'; payload_bytes];
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut n_errors = 0u64;
+                    let key = format!("bench/{proposer}").into_bytes();
+                    while Instant::now() < deadline {
+                        let command = KvCommand::Put { key: key.clone(), value: value.clone() }.encode();
+                        let started = Instant::now();
+                        match client.propose(command).await {
+                            Ok(_) => latencies.push(started.elapsed()),
+                            Err(_) => n_errors += 1,
+                        }
+                    }
+                    (latencies, n_errors)
+                }));
+            }
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            let mut n_errors = 0;
+            for task in tasks {
+                let (l, e) = task.await.context("proposer task")?;
+                latencies.extend(l);
+                n_errors += e;
+            }
+            let elapsed = started.elapsed();
+            let n_ok = latencies.len();
+            let p = percentiles(&mut latencies);
+            let per_s = n_ok as f64 / elapsed.as_secs_f64();
+            rows.push(serde_json::json!({"proposers": n_proposers, "proposals": n_ok, "errors": n_errors,
+                "proposals_per_s": per_s, "p50_us": p.p50_us, "p99_us": p.p99_us, "max_us": p.max_us}));
+            if global.output == OutputFormat::Text {
+                println!(
+                    "{n_proposers:>4} proposers: {per_s:>8.0} proposals/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({n_ok} ok, {n_errors} errors)",
+                    p.p50_us / 1e3,
+                    p.p99_us / 1e3,
+                    p.max_us / 1e3
+                );
+            }
+        }
+        let status = client.status().await?;
+        let fsyncs_after = client.status_at(status.leader_addr.as_deref().unwrap_or(&global.endpoints[0])).await?.n_fsyncs;
+        match global.output {
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::json!({"bench": "raft", "payload_bytes": payload_bytes, "levels": rows,
+                    "leader_fsyncs": fsyncs_after.saturating_sub(fsyncs_before)})
+            ),
+            OutputFormat::Text => println!(
+                "leader fsyncs during the run: {}",
+                fsyncs_after.saturating_sub(fsyncs_before)
+            ),
+        }
+        anyhow::Ok(())
+    })
+}

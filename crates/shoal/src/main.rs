@@ -3,6 +3,8 @@
 
 mod bench;
 mod cli;
+mod cluster;
+mod server;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             bench::raft_core(&cli.global, entries, payload_bytes)?;
         }
+        Command::Server(args) => server::run(args)?,
+        Command::Bench(BenchCommand::Raft {
+            proposers,
+            duration,
+            payload_bytes,
+        }) => {
+            bench::raft_cluster(&cli.global, &proposers, duration, payload_bytes)?;
+        }
+        Command::Cluster(command) => cluster::run(&cli.global, command)?,
         other => anyhow::bail!("command {other:?} is not available in this build yet"),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,111 @@
+//! `shoal server`: one cluster member hosting the Raft group that holds the cluster's state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use shoal_raft::NodeId;
+use shoal_raft_runtime::{GroupConfig, KvStateMachine, NodeOptions, RaftNode};
+
+use crate::cli::ServerArgs;
+
+/// The id of the Raft group that holds the cluster's own state (later: the coordination store).
+pub const META_GROUP_ID: u64 = 1;
+
+/// Parses `1=host:port,2=host:port` into a map, with errors that name the bad item.
+pub fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    let mut peers = BTreeMap::new();
+    for item in items.iter().filter(|i| !i.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            bail!("invalid --peers item {item:?}: expected ID=HOST:PORT, e.g. 1=127.0.0.1:7001");
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("invalid node id in --peers item {item:?}"))?;
+        if id == 0 {
+            bail!("invalid --peers item {item:?}: node ids start at 1");
+        }
+        validate_addr(addr).with_context(|| format!("invalid address in --peers item {item:?}"))?;
+        if peers.insert(NodeId(id), addr.trim().to_string()).is_some() {
+            bail!("node id {id} appears twice in --peers");
+        }
+    }
+    if peers.is_empty() {
+        bail!("--peers is empty: list every initial member as ID=HOST:PORT,…");
+    }
+    Ok(peers)
+}
+
+fn validate_addr(addr: &str) -> anyhow::Result<()> {
+    let Some((host, port)) = addr.trim().rsplit_once(':') else {
+        bail!("{addr:?} is not HOST:PORT");
+    };
+    if host.is_empty() {
+        bail!("{addr:?} has no host");
+    }
+    port.parse::<u16>()
+        .with_context(|| format!("{addr:?} has no valid port"))?;
+    Ok(())
+}
+
+pub fn group_config(
+    data_dir: &Path,
+    voters: impl IntoIterator<Item = NodeId>,
+    tick: Duration,
+) -> GroupConfig {
+    let mut config = GroupConfig::new(META_GROUP_ID, data_dir.join("raft-group-1"), voters);
+    config.tick_interval = tick;
+    config
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let peers = parse_peers(&args.peers)?;
+    let id = NodeId(args.id);
+    if !peers.contains_key(&id) {
+        bail!(
+            "--id {} is not one of the ids in --peers ({}); every initial member lists itself too",
+            args.id,
+            peers
+                .keys()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    validate_addr(&args.listen).context("invalid --listen")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (is another server using it?)", args.listen))?;
+        let node = RaftNode::new(NodeOptions::new(id, peers.clone())).context("starting the node")?;
+        let mut config = group_config(&args.data_dir, peers.keys().copied(), args.tick);
+        config.snapshot_interval_entries = args.snapshot_interval_entries;
+        node.start_group(config, KvStateMachine::new())
+            .with_context(|| format!("opening the Raft group in {}", args.data_dir.display()))?;
+        eprintln!(
+            "shoal server {} listening on {} with data in {} (peers: {})",
+            args.id,
+            args.listen,
+            args.data_dir.display(),
+            peers
+                .iter()
+                .map(|(id, a)| format!("{id}={a}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        node.serve(listener, shutdown).await.context("serving")?;
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+}
