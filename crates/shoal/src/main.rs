@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod cluster;
+mod demo;
 mod server;
 
 use std::process::ExitCode;
@@ -56,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::raft_core(&cli.global, entries, payload_bytes)?;
         }
         Command::Server(args) => server::run(args)?,
+        Command::Demo(args) => demo::run(args)?,
         Command::Bench(BenchCommand::Raft {
             proposers,
             duration,
