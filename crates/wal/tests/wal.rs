@@ -1,407 +1,563 @@
-//! Behaviour of the WAL, atomic files and snapshot store, including crash recovery.
+//! Behaviour of the write-ahead log: appends, rotation, truncation, compaction, reset and
+//! recovery from torn tails and corruption.
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+mod common;
 
-use proptest::prelude::*;
-use shoal_wal::{read_file_atomic, write_file_atomic, SnapshotStore, Wal, WalError, WalOptions};
+use std::fs;
 
-fn small_segments() -> WalOptions {
-    WalOptions {
-        segment_size_bytes_max: 256,
+use common::*;
+use shoal_wal::{record_frame_bytes, segment_file_name, Wal, WalError, WalOptions, RECORD_BYTES_MAX};
+
+fn new_payload(index: u64) -> Vec<u8> {
+    format!("new-{index}").into_bytes()
+}
+
+fn assert_corrupt(result: Result<(Wal, shoal_wal::Recovered), WalError>) -> WalError {
+    match result {
+        Err(error @ WalError::Corrupt { .. }) => {
+            assert!(
+                error.to_string().contains("wipe its data directory"),
+                "the message tells the operator what to do: {error}"
+            );
+            error
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok((_, recovered)) => panic!("expected Corrupt, recovered {} records", recovered.records.len()),
     }
-}
-
-fn payload(index: u64) -> Vec<u8> {
-    format!("record-{index}-{}", "x".repeat((index % 7) as usize)).into_bytes()
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    out.sort();
-    out
-}
-
-fn reopen(dir: &Path, options: WalOptions) -> (Wal, Vec<(u64, Vec<u8>)>) {
-    let (wal, recovered) = Wal::open(dir, options).expect("open");
-    (wal, recovered.records)
 }
 
 #[test]
 fn append_sync_reopen_roundtrip() {
-    // Goal: synced records come back in order with their payloads, and one sync is one fsync.
+    // Goal: synced records come back from disk exactly, and the log continues after reopen.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, records) = reopen(dir.path(), WalOptions::default());
-    assert!(records.is_empty());
+    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    assert_eq!(recovered.records, vec![]);
+    assert_eq!(recovered.first_index, 0);
+    assert_eq!((wal.first_index(), wal.last_index()), (None, None));
     for index in 1..=100 {
         wal.append(index, &payload(index)).expect("append");
     }
+    assert_eq!(wal.read_range(1, 100).expect("read"), expected(1..=100));
     wal.sync().expect("sync");
-    assert!(wal.n_fsyncs() <= 2, "group commit: {} fsyncs", wal.n_fsyncs());
     drop(wal);
-    let (wal, records) = reopen(dir.path(), WalOptions::default());
-    assert_eq!(records.len(), 100);
-    assert!(records.iter().all(|(i, d)| *d == payload(*i)));
+
+    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovered.first_index, 1);
+    assert_eq!(recovered.records, expected(1..=100));
+    assert_eq!(recovered.truncated_tail_bytes, 0);
     assert_eq!((wal.first_index(), wal.last_index()), (Some(1), Some(100)));
+    wal.append(101, &payload(101)).expect("append after reopen");
+    wal.sync().expect("sync");
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovered.records, expected(1..=101));
 }
 
 #[test]
-fn rotation_spreads_records_over_segments_and_reopens() {
-    // Goal: small segments rotate; every segment is named by its first index; reopen reads all.
+fn many_appends_cost_one_fsync() {
+    // Goal: group commit — a batch of appends is made durable by a single fsync.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), small_segments());
-    for index in 1..=200 {
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    wal.append(1, &payload(1)).expect("append");
+    let before = wal.n_fsyncs();
+    wal.sync().expect("sync");
+    assert_eq!(
+        wal.n_fsyncs() - before,
+        2,
+        "the segment, plus the directory for the new segment"
+    );
+    let before = wal.n_fsyncs();
+    for index in 2..=1001 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
-    let files = segments(dir.path());
-    assert!(files.len() > 5, "expected rotation, got {} segments", files.len());
-    assert!(files[0].ends_with("00000000000000000001.wal"));
-    drop(wal);
-    let (_, records) = reopen(dir.path(), small_segments());
-    assert_eq!(
-        records.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-        (1..=200).collect::<Vec<_>>()
-    );
+    assert_eq!(wal.n_fsyncs() - before, 1);
+    let before = wal.n_fsyncs();
+    wal.sync().expect("sync");
+    assert_eq!(wal.n_fsyncs() - before, 0, "nothing to sync");
 }
 
 #[test]
-fn truncate_suffix_within_and_across_segments() {
-    // Goal: appending at an existing index discards it and everything after, across segments,
-    // and the result survives a reopen.
+fn rotation_across_many_segments_then_reopen() {
+    // Goal: segments rotate at the size limit, are named by their first index, and reopen.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), small_segments());
+    write_log(dir.path(), small_segments(), 1..=500);
+    let paths = segment_paths(dir.path());
+    assert!(paths.len() > 20, "only {} segments", paths.len());
+    for path in &paths {
+        assert!(file_len(path) <= small_segments().segment_size_bytes_max);
+    }
+    let (wal, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovered.records, expected(1..=500));
+    assert_eq!(wal.read_range(37, 420).expect("read"), expected(37..=420));
+    // Every segment's name is the index of its first record (header bytes 5..13).
+    for path in &paths {
+        let bytes = fs::read(path).expect("read segment");
+        let mut index_bytes = [0u8; 8];
+        index_bytes.copy_from_slice(&bytes[5..13]);
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+        assert_eq!(name, segment_file_name(u64::from_le_bytes(index_bytes)));
+    }
+}
+
+#[test]
+fn single_record_larger_than_a_segment_gets_its_own_segment() {
+    // Goal: a record above segment_size_bytes_max is still stored, alone in its segment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+    let big = vec![7u8; 1000];
+    wal.append(1, &payload(1)).expect("append");
+    wal.append(2, &big).expect("append big");
+    wal.append(3, &payload(3)).expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    assert_eq!(segment_paths(dir.path()).len(), 3);
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovered.records[1], (2, big));
+}
+
+#[test]
+fn truncate_suffix_within_a_segment_then_append_and_reopen() {
+    // Goal: a cut inside the active segment drops exactly the records at and after it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    for index in 1..=20 {
+        wal.append(index, &payload(index)).expect("append");
+    }
+    wal.sync().expect("sync");
+    wal.truncate_suffix(15).expect("truncate");
+    assert_eq!(wal.last_index(), Some(14));
+    for index in 15..=17 {
+        wal.append(index, &new_payload(index)).expect("append");
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    let mut want = expected(1..=14);
+    want.extend((15..=17).map(|i| (i, new_payload(i))));
+    assert_eq!(recovered.records, want);
+    assert_eq!(recovered.truncated_tail_bytes, 0);
+}
+
+#[test]
+fn truncate_suffix_across_segments_then_append_and_reopen() {
+    // Goal: a cut in an old segment removes every later segment and cuts that one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+    for index in 1..=300 {
+        wal.append(index, &payload(index)).expect("append");
+    }
+    wal.sync().expect("sync");
+    let n_segments_before = segment_paths(dir.path()).len();
+    wal.truncate_suffix(50).expect("truncate");
+    assert_eq!(wal.last_index(), Some(49));
+    let n_segments_after = segment_paths(dir.path()).len();
+    assert!(n_segments_after < n_segments_before / 3);
+    assert_eq!(wal.read_range(1, 49).expect("read"), expected(1..=49));
+    for index in 50..=60 {
+        wal.append(index, &new_payload(index)).expect("append");
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let (wal, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    let mut want = expected(1..=49);
+    want.extend((50..=60).map(|i| (i, new_payload(i))));
+    assert_eq!(recovered.records, want);
+    assert_eq!(wal.read_range(45, 60).expect("read"), want[44..].to_vec());
+}
+
+#[test]
+fn truncate_suffix_at_a_segment_start_and_past_the_end() {
+    // Goal: cutting exactly at a segment boundary removes that segment; cutting past the
+    // end or before the start behaves as a no-op or as emptying the log.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
     for index in 1..=100 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
-    wal.append(40, b"new-40").expect("conflicting append");
-    wal.append(41, b"new-41").expect("append");
-    wal.sync().expect("sync");
-    assert_eq!(wal.last_index(), Some(41));
-    wal.truncate_suffix(41).expect("truncate");
+    let paths = segment_paths(dir.path());
+    let second_first: u64 = paths[1]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(shoal_wal::parse_segment_file_name)
+        .expect("segment name");
+    wal.truncate_suffix(second_first).expect("truncate");
+    assert_eq!(segment_paths(dir.path()), paths[..1].to_vec());
+    assert_eq!(wal.last_index(), Some(second_first - 1));
+    wal.truncate_suffix(1000).expect("no-op");
+    assert_eq!(wal.last_index(), Some(second_first - 1));
+    wal.truncate_suffix(1).expect("truncate all");
+    assert_eq!((wal.first_index(), wal.last_index()), (None, None));
+    assert!(segment_paths(dir.path()).is_empty());
+    wal.append(7, &payload(7)).expect("an empty log starts anywhere");
     wal.sync().expect("sync");
     drop(wal);
-    let (mut wal, records) = reopen(dir.path(), small_segments());
-    assert_eq!(records.len(), 40);
-    assert_eq!(records[39], (40, b"new-40".to_vec()));
-    assert_eq!(wal.read_range(38, 40).expect("read").len(), 3);
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovered.records, expected(7..=7));
+}
+
+#[test]
+fn append_at_an_existing_index_replaces_the_suffix() {
+    // Goal: appending at index <= last discards the conflicting suffix first (Raft §5.3).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+    for index in 1..=40 {
+        wal.append(index, &payload(index)).expect("append");
+    }
+    wal.append(12, &new_payload(12)).expect("conflicting append");
+    assert_eq!(wal.last_index(), Some(12));
+    wal.sync().expect("sync");
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    let mut want = expected(1..=11);
+    want.push((12, new_payload(12)));
+    assert_eq!(recovered.records, want);
+}
+
+#[test]
+fn gaps_and_oversized_records_are_refused() {
+    // Goal: appends that would break contiguity or the size limit fail with clear errors.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    wal.append(5, b"five").expect("first append starts anywhere");
+    let error = wal.append(7, b"seven").unwrap_err();
     assert!(matches!(
-        wal.append(50, b"gap"),
-        Err(WalError::Gap {
-            index: 50,
-            last_index: 40
+        error,
+        WalError::IndexGap {
+            index: 7,
+            last_index: 5
+        }
+    ));
+    let big = vec![0u8; RECORD_BYTES_MAX + 1];
+    let error = wal.append(6, &big).unwrap_err();
+    assert!(matches!(error, WalError::RecordTooLarge { index: 6, .. }));
+    assert!(error.to_string().contains("limit"));
+    // Refused appends change nothing and do not poison the log.
+    wal.append(6, b"six").expect("append");
+    assert_eq!(wal.last_index(), Some(6));
+}
+
+#[test]
+fn read_range_outside_the_log_is_refused() {
+    // Goal: reads of absent records fail with OutOfRange naming the log's bounds.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    assert!(matches!(
+        wal.read_range(1, 1),
+        Err(WalError::OutOfRange {
+            first_index: None,
+            ..
         })
     ));
+    for index in 10..=20 {
+        wal.append(index, &payload(index)).expect("append");
+    }
+    for (from, to) in [(9, 12), (15, 21), (16, 15)] {
+        assert!(
+            matches!(
+                wal.read_range(from, to),
+                Err(WalError::OutOfRange {
+                    first_index: Some(10),
+                    last_index: Some(20),
+                    ..
+                })
+            ),
+            "[{from}, {to}]"
+        );
+    }
+    assert_eq!(wal.read_range(20, 20).expect("read"), expected(20..=20));
 }
 
 #[test]
-fn compact_prefix_removes_whole_old_segments_only() {
-    // Goal: compaction frees sealed segments ending at or before the snapshot, keeps the rest.
+fn compact_prefix_removes_whole_old_segments() {
+    // Goal: compaction removes segments wholly at or below `upto`, never the last one.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), small_segments());
-    for index in 1..=200 {
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+    for index in 1..=300 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
-    let before = segments(dir.path()).len();
+    wal.compact_prefix(0).expect("no-op");
+    assert_eq!(wal.first_index(), Some(1));
+    let n_segments_before = segment_paths(dir.path()).len();
     wal.compact_prefix(150).expect("compact");
-    let first = wal.first_index().expect("not empty");
-    assert!(first > 1 && first <= 151, "first index {first}");
-    assert!(segments(dir.path()).len() < before);
+    let first_index = wal.first_index().expect("non-empty");
+    assert!(first_index > 100 && first_index <= 151, "first {first_index}");
+    assert!(segment_paths(dir.path()).len() < n_segments_before);
+    assert_eq!(
+        wal.read_range(first_index, 300).expect("read"),
+        expected(first_index..=300)
+    );
     drop(wal);
-    let (_, records) = reopen(dir.path(), small_segments());
-    assert_eq!(records.first().map(|(i, _)| *i), Some(first));
-    assert_eq!(records.last().map(|(i, _)| *i), Some(200));
+
+    let (mut wal, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovered.first_index, first_index);
+    assert_eq!(recovered.records, expected(first_index..=300));
+    wal.compact_prefix(10_000).expect("compact everything");
+    assert_eq!(segment_paths(dir.path()).len(), 1, "the last segment stays");
+    assert_eq!(wal.last_index(), Some(300));
+    wal.append(301, &payload(301)).expect("append");
 }
 
 #[test]
-fn reset_empties_the_log_and_allows_any_next_index() {
-    // Goal: after reset (snapshot installed) the log restarts at an arbitrary index.
+fn reset_discards_everything_durably() {
+    // Goal: reset empties the log on disk at once, and the next append starts anywhere.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), small_segments());
-    for index in 1..=50 {
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+    for index in 1..=100 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
     wal.reset().expect("reset");
-    assert_eq!(wal.last_index(), None);
-    wal.append(1000, b"after-snapshot").expect("append");
+    assert_eq!((wal.first_index(), wal.last_index()), (None, None));
+    assert!(segment_paths(dir.path()).is_empty());
+    drop(wal);
+
+    let (mut wal, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert!(recovered.records.is_empty());
+    wal.append(1000, &payload(1000)).expect("append at any index");
     wal.sync().expect("sync");
     drop(wal);
-    let (_, records) = reopen(dir.path(), small_segments());
-    assert_eq!(records, vec![(1000, b"after-snapshot".to_vec())]);
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovered.records, expected(1000..=1000));
 }
 
 #[test]
-fn torn_tail_is_cut_at_every_possible_byte() {
-    // Goal: a crash that tears the last record at any byte loses only that record.
+fn unsynced_appends_may_vanish_but_synced_ones_survive() {
+    // Goal: dropping the log without sync is a crash that loses only unsynced appends.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
     for index in 1..=10 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
+    for index in 11..=20 {
+        wal.append(index, &payload(index)).expect("append");
+    }
     drop(wal);
-    let path = segments(dir.path()).pop().expect("segment");
-    let full = fs::read(&path).expect("read");
-    let last_record_bytes = 17 + payload(10).len();
-    for cut in (full.len() - last_record_bytes)..full.len() {
-        fs::write(&path, &full[..cut]).expect("write");
-        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("torn tail recovers");
-        assert_eq!(recovered.records.len(), 9, "cut at {cut}");
-        assert_eq!(
-            recovered.truncated_tail_bytes as usize,
-            cut - (full.len() - last_record_bytes)
-        );
-        assert_eq!(
-            fs::metadata(&path).expect("stat").len() as usize,
-            full.len() - last_record_bytes
-        );
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovered.records, expected(1..=10));
+}
+
+#[test]
+fn truncation_of_written_records_is_durable_before_new_appends() {
+    // Goal: a cut of already-written records reaches the disk before later appends can,
+    // so a crash leaves the synced prefix, never new records followed by stale ones.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    for index in 1..=10 {
+        wal.append(index, &payload(index)).expect("append");
+    }
+    wal.sync().expect("sync");
+    wal.truncate_suffix(5).expect("truncate");
+    for index in 5..=7 {
+        wal.append(index, &new_payload(index)).expect("append");
+    }
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovered.records, expected(1..=4));
+}
+
+#[test]
+fn torn_tail_is_cut_at_every_byte_of_the_last_record() {
+    // Goal: whatever prefix of the last record reached the disk, recovery keeps every
+    // earlier record, cuts the rest and reports how much it cut.
+    let template = tempfile::tempdir().expect("tempdir");
+    write_log(template.path(), WalOptions::default(), 1..=5);
+    let segment = segment_paths(template.path()).remove(0);
+    let full_len = file_len(&segment);
+    let last_frame = record_frame_bytes(payload(5).len()) as u64;
+    let last_start = full_len - last_frame;
+    let original = fs::read(&segment).expect("read");
+    for cut in last_start..full_len {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(segment_file_name(1));
+        fs::write(&path, &original[..cut as usize]).expect("write cut copy");
+        let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("recovers");
+        assert_eq!(recovered.records, expected(1..=4), "cut at {cut}");
+        assert_eq!(recovered.truncated_tail_bytes, cut - last_start, "cut at {cut}");
+        assert_eq!(file_len(&path), last_start, "file cut back at {cut}");
+        // The log is writable again at the cut.
+        wal.append(5, &payload(5)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+        assert_eq!(recovered.records, expected(1..=5));
+        assert_eq!(fs::read(&path).expect("read"), original);
     }
 }
 
 #[test]
-fn zero_filled_tail_is_cut() {
-    // Goal: a tail of zeros (preallocated or unwritten pages after a crash) is a torn tail.
+fn torn_last_segment_that_loses_every_record_is_removed() {
+    // Goal: a last segment cut down to nothing is removed and the previous one continues.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
-    for index in 1..=5 {
+    write_log(dir.path(), small_segments(), 1..=50);
+    let paths = segment_paths(dir.path());
+    let last = paths.last().expect("segments");
+    let last_len = file_len(last);
+    cut_file(last, 5);
+    let (mut wal, recovered) = Wal::open(dir.path(), small_segments()).expect("recovers");
+    assert!(!last.exists());
+    let last_index = wal.last_index().expect("non-empty");
+    assert!(last_index < 50);
+    assert_eq!(recovered.records, expected(1..=last_index));
+    assert_eq!(recovered.truncated_tail_bytes, 5);
+    assert!(last_len > 5);
+    for index in last_index + 1..=60 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
     drop(wal);
-    let path = segments(dir.path()).pop().expect("segment");
-    OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .expect("open")
-        .write_all(&[0u8; 100])
-        .expect("write");
-    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("recovers");
-    assert_eq!(recovered.records.len(), 5);
-    assert_eq!(recovered.truncated_tail_bytes, 100);
-    wal.append(6, b"six").expect("append after recovery");
-    wal.sync().expect("sync");
-    drop(wal);
-    assert_eq!(reopen(dir.path(), WalOptions::default()).1.len(), 6);
-}
-
-fn flip_byte(path: &Path, offset: usize) {
-    let mut bytes = fs::read(path).expect("read");
-    bytes[offset] ^= 0x40;
-    fs::write(path, bytes).expect("write");
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovered.records, expected(1..=60));
 }
 
 #[test]
-fn corruption_in_a_sealed_segment_is_refused() {
-    // Goal: a flipped bit in an older segment is an error naming the file, never skipped.
+fn garbage_and_zero_filled_tails_are_cut() {
+    // Goal: a tail of random bytes, of zeros, or a plausible-looking header is cut.
+    let mut garbage = Vec::new();
+    let mut state = 0x9E37_79B9_u32;
+    for _ in 0..500 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        garbage.push(state as u8);
+    }
+    // A header with the right kind byte and a length running past the end of the file.
+    let mut fake_header = vec![0xA7u8, 0xFF, 0x00, 0x00, 0x00];
+    fake_header.extend_from_slice(&6u64.to_le_bytes());
+    fake_header.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+    for tail in [garbage, vec![0u8; 4096], fake_header] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_log(dir.path(), WalOptions::default(), 1..=5);
+        let segment = segment_paths(dir.path()).remove(0);
+        let synced_len = file_len(&segment);
+        append_bytes(&segment, &tail);
+        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("recovers");
+        assert_eq!(recovered.records, expected(1..=5));
+        assert_eq!(recovered.truncated_tail_bytes, tail.len() as u64);
+        assert_eq!(file_len(&segment), synced_len);
+    }
+}
+
+#[test]
+fn any_damage_in_an_earlier_segment_is_refused() {
+    // Goal: a flipped bit anywhere in a sealed segment is corruption, never a torn tail.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), small_segments());
+    write_log(dir.path(), small_segments(), 1..=100);
+    let paths = segment_paths(dir.path());
+    let victim = &paths[1];
+    for offset in 0..file_len(victim) {
+        flip_byte(victim, offset, 0x10);
+        let error = assert_corrupt(Wal::open(dir.path(), small_segments()));
+        let WalError::Corrupt { path, .. } = &error else {
+            unreachable!()
+        };
+        assert_eq!(path, victim, "flip at {offset}: {error}");
+        flip_byte(victim, offset, 0x10);
+    }
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).expect("intact again");
+    assert_eq!(recovered.records, expected(1..=100));
+}
+
+#[test]
+fn damage_in_the_last_segment_followed_by_a_valid_record_is_refused() {
+    // Goal: a bad record that has a valid one after it is corruption, not a torn tail,
+    // wherever in the record the flipped bit sits; a bad final record is a torn tail.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), WalOptions::default(), 1..=10);
+    let segment = segment_paths(dir.path()).remove(0);
+    let full_len = file_len(&segment);
+    let last_start = full_len - record_frame_bytes(payload(10).len()) as u64;
+    for offset in 0..last_start {
+        flip_byte(&segment, offset, 0x01);
+        let error = assert_corrupt(Wal::open(dir.path(), WalOptions::default()));
+        assert!(
+            error.to_string().contains("not a torn tail"),
+            "flip at {offset}: {error}"
+        );
+        flip_byte(&segment, offset, 0x01);
+    }
+    let original = fs::read(&segment).expect("read");
+    for offset in last_start..full_len {
+        flip_byte(&segment, offset, 0x01);
+        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("torn tail");
+        assert_eq!(recovered.records, expected(1..=9), "flip at {offset}");
+        fs::write(&segment, &original).expect("restore");
+    }
+}
+
+#[test]
+fn missing_or_misnamed_segments_are_refused() {
+    // Goal: a hole between segments, or a record index that does not continue the log,
+    // is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), small_segments(), 1..=100);
+    let paths = segment_paths(dir.path());
+    let moved = dir.path().join("aside");
+    fs::rename(&paths[2], &moved).expect("move segment aside");
+    let error = assert_corrupt(Wal::open(dir.path(), small_segments()));
+    assert!(error.to_string().contains("missing"), "{error}");
+    fs::rename(&moved, &paths[2]).expect("move back");
+
+    // A segment renamed so that its name disagrees with its records.
+    let first_of_last = paths.len() - 1;
+    let last = &paths[first_of_last];
+    let renamed = dir.path().join(segment_file_name(1_000_000));
+    fs::rename(last, &renamed).expect("rename");
+    assert_corrupt(Wal::open(dir.path(), small_segments()));
+}
+
+#[test]
+fn empty_last_segment_from_a_crash_during_rotation_is_removed() {
+    // Goal: a new segment created just before a crash, with no record in it, is removed;
+    // an empty segment whose name does not continue the log is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), small_segments(), 1..=30);
+    let empty = dir.path().join(segment_file_name(31));
+    fs::write(&empty, b"").expect("create empty segment");
+    let (wal, recovered) = Wal::open(dir.path(), small_segments()).expect("recovers");
+    assert_eq!(recovered.records, expected(1..=30));
+    assert!(!empty.exists());
+    drop(wal);
+
+    let stray = dir.path().join(segment_file_name(40));
+    fs::write(&stray, b"").expect("create stray segment");
+    assert_corrupt(Wal::open(dir.path(), small_segments()));
+}
+
+#[test]
+fn an_io_error_poisons_the_log() {
+    // Goal: after a failed system call the log refuses further use until reopened.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
     for index in 1..=100 {
         wal.append(index, &payload(index)).expect("append");
     }
     wal.sync().expect("sync");
-    drop(wal);
-    let first = segments(dir.path()).remove(0);
-    flip_byte(&first, 30);
-    match Wal::open(dir.path(), small_segments()) {
-        Err(WalError::Corrupt { path, .. }) => assert_eq!(path, first),
-        other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r.records.len())),
-    }
-}
-
-#[test]
-fn bad_record_followed_by_valid_records_is_refused() {
-    // Goal: damage in the middle of the last segment is corruption, not a torn tail.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, _) = reopen(dir.path(), WalOptions::default());
-    for index in 1..=10 {
-        wal.append(index, &payload(index)).expect("append");
-    }
-    wal.sync().expect("sync");
-    drop(wal);
-    let path = segments(dir.path()).pop().expect("segment");
-    flip_byte(&path, 17 + 3);
-    let err = Wal::open(dir.path(), WalOptions::default())
-        .err()
-        .expect("must refuse");
-    assert!(matches!(err, WalError::Corrupt { .. }));
-    assert!(
-        err.to_string().contains("rejoin"),
-        "the error says what to do: {err}"
-    );
-}
-
-#[test]
-fn atomic_file_roundtrip_and_corruption() {
-    // Goal: atomic files read back exactly, report absence, detect corruption, ignore leftovers.
-    let dir = tempfile::tempdir().expect("tempdir");
-    assert_eq!(read_file_atomic(dir.path(), "hardstate").expect("read"), None);
-    write_file_atomic(dir.path(), "hardstate", b"term=5").expect("write");
-    write_file_atomic(dir.path(), "hardstate", b"term=6").expect("overwrite");
-    fs::write(dir.path().join("hardstate.tmp"), b"garbage").expect("leftover");
-    assert_eq!(
-        read_file_atomic(dir.path(), "hardstate").expect("read"),
-        Some(b"term=6".to_vec())
-    );
-    flip_byte(&dir.path().join("hardstate"), 9);
+    let paths = segment_paths(dir.path());
+    fs::remove_file(&paths[0]).expect("remove a segment behind the log's back");
+    assert!(matches!(wal.compact_prefix(90), Err(WalError::Io { .. })));
     assert!(matches!(
-        read_file_atomic(dir.path(), "hardstate"),
-        Err(WalError::Corrupt { .. })
+        wal.append(101, &payload(101)),
+        Err(WalError::Poisoned { .. })
     ));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
 }
 
 #[test]
-fn snapshot_store_streams_chunks_and_keeps_only_complete_snapshots() {
-    // Goal: snapshots are written in pieces, read back by chunk and by stream; an abandoned or
-    // corrupt snapshot is never returned as the latest.
+fn invalid_options_are_refused() {
+    // Goal: open validates its options and names the bad one.
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SnapshotStore::open(dir.path()).expect("open");
-    assert_eq!(store.latest().expect("latest"), None);
-    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = store.begin(10, b"meta-10").expect("begin");
-    for chunk in data.chunks(7000) {
-        writer.write(chunk).expect("write");
-    }
-    let info = writer.finish().expect("finish");
-    assert_eq!((info.index, info.data_len), (10, data.len() as u64));
-    // Abandoned writer: nothing visible.
-    let mut abandoned = store.begin(20, b"meta-20").expect("begin");
-    abandoned.write(b"partial").expect("write");
-    drop(abandoned);
-    let latest = store.latest().expect("latest").expect("one snapshot");
-    assert_eq!(
-        (latest.index, latest.meta.as_slice()),
-        (10, b"meta-10".as_slice())
-    );
-    assert_eq!(
-        store.read_chunk(10, 99_990, 64).expect("chunk"),
-        data[99_990..].to_vec()
-    );
-    let mut streamed = Vec::new();
-    store
-        .open_reader(10)
-        .expect("reader")
-        .read_to_end(&mut streamed)
-        .expect("read");
-    assert_eq!(streamed, data);
-    // A newer but corrupt snapshot is skipped; older ones beyond two are pruned.
-    let mut w = store.begin(30, b"meta-30").expect("begin");
-    w.write(b"thirty").expect("write");
-    w.finish().expect("finish");
-    flip_byte(&dir.path().join("snap-00000000000000000030.snap"), 16);
-    assert_eq!(store.latest().expect("latest").map(|i| i.index), Some(10));
-    for index in [40, 50] {
-        let mut w = store.begin(index, b"m").expect("begin");
-        w.write(b"d").expect("write");
-        w.finish().expect("finish");
-    }
-    assert!(matches!(store.info(10), Err(WalError::NoSnapshot { index: 10 })));
-    assert_eq!(store.latest().expect("latest").map(|i| i.index), Some(50));
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Append(u8),
-    Sync,
-    Truncate(u8),
-    Compact(u8),
-    Crash(u16),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (1u8..6).prop_map(Op::Append),
-        2 => Just(Op::Sync),
-        1 => any::<u8>().prop_map(Op::Truncate),
-        1 => any::<u8>().prop_map(Op::Compact),
-        1 => any::<u16>().prop_map(Op::Crash),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-    #[test]
-    fn random_operations_with_crashes_keep_every_synced_record(ops in proptest::collection::vec(op(), 1..60)) {
-        // Goal: against a model, after any crash (unsynced tail torn at a random byte) the
-        // recovered log holds every synced record and then at most a prefix of unsynced ones.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let options = small_segments();
-        let (mut wal, _) = Wal::open(dir.path(), options.clone()).expect("open");
-        let mut current: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut synced: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut compacted_upto = 0u64;
-        let mut synced_file: Option<(PathBuf, u64)> = None;
-        for op in ops {
-            match op {
-                Op::Append(n) => {
-                    for _ in 0..n {
-                        let index = current.last().map_or(compacted_upto + 1, |(i, _)| i + 1);
-                        let data = payload(index);
-                        wal.append(index, &data).expect("append");
-                        current.push((index, data));
-                    }
-                }
-                Op::Sync => {
-                    wal.sync().expect("sync");
-                    synced = current.clone();
-                    synced_file = segments(dir.path()).pop().map(|p| { let l = fs::metadata(&p).expect("stat").len(); (p, l) });
-                }
-                Op::Truncate(k) => {
-                    if let Some((first, _)) = current.first() {
-                        let from = first + (k as u64 % (current.len() as u64 + 1));
-                        wal.truncate_suffix(from).expect("truncate");
-                        current.retain(|(i, _)| *i < from);
-                        wal.sync().expect("sync");
-                        synced = current.clone();
-                        synced_file = segments(dir.path()).pop().map(|p| { let l = fs::metadata(&p).expect("stat").len(); (p, l) });
-                    }
-                }
-                Op::Compact(k) => {
-                    if !current.is_empty() {
-                        let upto = current[k as usize % current.len()].0;
-                        wal.compact_prefix(upto).expect("compact");
-                    }
-                }
-                Op::Crash(cut) => {
-                    drop(wal);
-                    // Tear the unsynced tail: cut the last segment somewhere after its synced
-                    // length, and sometimes leave zeros where the cut bytes were.
-                    if let Some(last) = segments(dir.path()).pop() {
-                        let len = fs::metadata(&last).expect("stat").len();
-                        let synced_len = synced_file.as_ref().filter(|(p, _)| *p == last).map_or(0, |(_, l)| *l);
-                        if len > synced_len {
-                            let keep = synced_len + (cut as u64 % (len - synced_len + 1));
-                            let file = OpenOptions::new().write(true).open(&last).expect("open");
-                            file.set_len(keep).expect("cut");
-                            if cut % 3 == 0 {
-                                file.set_len(keep + (cut as u64 % 40)).expect("zero tail");
-                            }
-                        }
-                    }
-                    let (w, recovered) = Wal::open(dir.path(), options.clone()).expect("recovery never fails");
-                    wal = w;
-                    let recs = recovered.records;
-                    // Every synced record (not compacted away) is present, in order.
-                    let first = recs.first().map(|(i, _)| *i);
-                    for (i, d) in &synced {
-                        if first.is_some_and(|f| *i >= f) {
-                            prop_assert!(recs.contains(&(*i, d.clone())), "synced record {} lost", i);
-                        }
-                    }
-                    prop_assert!(recs.len() >= synced.iter().filter(|(i, _)| first.is_some_and(|f| *i >= f)).count());
-                    current = recs;
-                    if let Some((f, _)) = current.first() { compacted_upto = f - 1; }
-                    synced = current.clone();
-                    synced_file = segments(dir.path()).pop().map(|p| { let l = fs::metadata(&p).expect("stat").len(); (p, l) });
-                }
-            }
-        }
-    }
+    let options = WalOptions {
+        segment_size_bytes_max: 0,
+    };
+    assert!(matches!(
+        Wal::open(dir.path(), options),
+        Err(WalError::InvalidOptions {
+            field: "segment_size_bytes_max",
+            ..
+        })
+    ));
 }
