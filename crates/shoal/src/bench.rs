@@ -220,3 +220,177 @@ pub fn raft_cluster(
         anyhow::Ok(())
     })
 }
+
+/// A `shoal server` child process that is killed when dropped.
+struct ServerProcess {
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+}
+
+impl ServerProcess {
+    fn spawn(args: Vec<String>) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe().context("finding the shoal binary")?;
+        let child = std::process::Command::new(exe)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawning shoal server")?;
+        Ok(ServerProcess {
+            child: Some(child),
+            args,
+        })
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        *self = ServerProcess::spawn(self.args.clone())?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Leader failover: from SIGKILL of the leader process to the first commit by the new leader.
+pub fn failover(global: &GlobalArgs, trials: usize, data_dir: Option<&Path>) -> anyhow::Result<()> {
+    use shoal_raft_runtime::{ClientOptions, KvCommand, RaftClient};
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let base = data_dir.unwrap_or(temp.path()).to_path_buf();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}={e}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|i| {
+            ServerProcess::spawn(vec![
+                "server".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--data-dir".into(),
+                base.join(format!("node-{}", i + 1)).to_string_lossy().to_string(),
+                "--listen".into(),
+                endpoints[i].clone(),
+                "--peers".into(),
+                peers.clone(),
+            ])
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let mut samples = Vec::new();
+    runtime.block_on(async {
+        let fast = ClientOptions {
+            request_timeout: Duration::from_millis(300),
+            retry_timeout: Duration::from_millis(300),
+            backoff_min: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
+        };
+        let client = RaftClient::with_options(endpoints.clone(), crate::server::META_GROUP_ID, fast.clone())?;
+        let put = |client: RaftClient| async move {
+            client
+                .propose(
+                    KvCommand::Put {
+                        key: b"failover".to_vec(),
+                        value: b"x".to_vec(),
+                    }
+                    .encode(),
+                )
+                .await
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while put(client.clone()).await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the cluster did not elect a leader within 30 s"
+            );
+        }
+        for trial in 0..trials {
+            let status = client.status().await.context("status")?;
+            let leader = status.leader.context("no leader")?;
+            let leader_idx = leader.0 as usize - 1;
+            servers[leader_idx].kill();
+            let killed_at = Instant::now();
+            let survivors: Vec<String> = endpoints
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != leader_idx)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let survivor_client =
+                RaftClient::with_options(survivors, crate::server::META_GROUP_ID, fast.clone())?;
+            loop {
+                if put(survivor_client.clone()).await.is_ok() {
+                    break;
+                }
+                anyhow::ensure!(
+                    killed_at.elapsed() < Duration::from_secs(30),
+                    "no commit 30 s after the kill"
+                );
+            }
+            let took = killed_at.elapsed();
+            samples.push(took);
+            if global.output == OutputFormat::Text {
+                println!(
+                    "trial {:>2}: killed leader {leader}, new leader committed after {:.0} ms",
+                    trial + 1,
+                    took.as_secs_f64() * 1e3
+                );
+            }
+            servers[leader_idx].restart()?;
+            // Wait until the restarted node has caught up before the next trial.
+            let target = survivor_client.status().await?.commit_index;
+            let restarted = endpoints[leader_idx].clone();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(s) = client.status_at(&restarted).await {
+                    if s.applied_index >= target {
+                        break;
+                    }
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "restarted node {leader} did not catch up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let p = percentiles(&mut samples);
+    match global.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"bench": "failover", "trials": trials, "p50_ms": p.p50_us / 1e3,
+                "p99_ms": p.p99_us / 1e3, "max_ms": p.max_us / 1e3})
+        ),
+        OutputFormat::Text => println!(
+            "failover over {trials} trials: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            p.p50_us / 1e3,
+            p.p99_us / 1e3,
+            p.max_us / 1e3
+        ),
+    }
+    Ok(())
+}

@@ -58,6 +58,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Server(args) => server::run(args)?,
         Command::Demo(args) => demo::run(args)?,
+        Command::Bench(BenchCommand::Failover { trials, data_dir }) => {
+            bench::failover(&cli.global, trials, data_dir.as_deref())?;
+        }
         Command::Bench(BenchCommand::Raft {
             proposers,
             duration,
@@ -66,7 +69,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::raft_cluster(&cli.global, &proposers, duration, payload_bytes)?;
         }
         Command::Cluster(command) => cluster::run(&cli.global, command)?,
-        other => anyhow::bail!("command {other:?} is not available in this build yet"),
     }
     Ok(ExitCode::SUCCESS)
 }
