@@ -169,7 +169,7 @@ mod sim_labs {
         assert_eq!(sim.n_committed(index).0, 5);
         let appends = sim.message_count("AppendEntries") - appends_before;
         assert!(
-            appends < 200,
+            appends < 30,
             "repair took {appends} AppendEntries (heartbeats are separate messages)"
         );
     }
