@@ -62,7 +62,8 @@ pub struct NemesisWeights {
     pub heal: u64,
     pub toggle_unreliable: u64,
     /// Freeze a node (a long GC or VM pause): it neither ticks nor handles messages, which
-    /// wait for it. Unsafe with `ReadMode::Lease` by design, so those seeds leave it at 0.
+    /// wait for it. A paused leader may serve stale lease reads by design (`ReadMode::Lease`
+    /// assumes no pauses), so with lease reads only non-leaders are paused.
     pub pause: u64,
     pub nothing: u64,
 }
@@ -172,7 +173,7 @@ impl SimConfig {
     pub fn for_seed(seed: u64) -> SimConfig {
         // A stream of its own, so the shape does not correlate with the run's own draws.
         let mut rng = SimRng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5348_4F41_4C53_494D);
-        let n_voters = if rng.chance(0.6) { 3 } else { 5 };
+        let n_voters = [1, 3, 3, 3, 3, 3, 5, 5, 5, 7][rng.index(10)];
         let membership_changes = rng.chance(0.35);
         let leadership_transfers = rng.chance(0.35);
         let n_nodes = if membership_changes {
@@ -184,8 +185,8 @@ impl SimConfig {
         let mut config = SimConfig::scenario(n_voters, seed);
         config.n_nodes = n_nodes;
         let raft = &mut config.raft;
-        raft.election_timeout_ticks = 10;
-        raft.heartbeat_interval_ticks = rng.range_inclusive(1, 2);
+        raft.election_timeout_ticks = rng.range_inclusive(5, 15);
+        raft.heartbeat_interval_ticks = rng.range_inclusive(1, 3);
         raft.pre_vote = rng.chance(0.75);
         raft.check_quorum = rng.chance(0.75);
         raft.read_mode = if rng.chance(0.2) {
@@ -200,15 +201,18 @@ impl SimConfig {
         raft.entry_bytes_max = 1024;
         raft.uncommitted_bytes_max = rng.range_inclusive(2048, 65536) as usize;
 
-        // Lease reads are safe only under bounded drift (`lease_margin_ticks`); ReadIndex
-        // must be safe under any timing, so those seeds get clocks up to 20% apart.
+        // Lease reads are safe only while a leader's lease (election timeout minus
+        // `lease_margin_ticks` of its ticks) ends before any follower's election timeout (of
+        // its own ticks): with the default 10 and 2 ticks, tick periods within 100 ± 11 ms.
+        // Lease seeds go up to that bound; ReadIndex must be safe under any timing, so those
+        // seeds get clocks up to 20% apart.
         let lease = config.raft.read_mode == ReadMode::Lease;
         config.tick_drift_ms = if lease {
-            rng.range_inclusive(0, 1)
+            rng.range_inclusive(0, 10)
         } else {
             rng.range_inclusive(0, 20)
         };
-        config.fault_phase_ms = rng.range_inclusive(40_000, 100_000);
+        config.fault_phase_ms = rng.range_inclusive(30_000, 80_000);
         config.start_unreliable = rng.chance(0.3);
         config.disk = DiskFaults {
             crash_in_ready_probability: [0.0, 0.001, 0.005][rng.index(3)],
@@ -222,7 +226,7 @@ impl SimConfig {
         config.snapshot_interval_entries = if rng.chance(0.1) {
             0
         } else {
-            rng.range_inclusive(8, 40)
+            [rng.range_inclusive(2, 5), rng.range_inclusive(8, 40)][rng.index(2)]
         };
         config.snapshot_chunk_bytes = rng.range_inclusive(16, 128) as usize;
         config.workload = Some(WorkloadConfig {
@@ -243,7 +247,7 @@ impl SimConfig {
             one_way: weight(),
             heal: weight() + 2,
             toggle_unreliable: weight(),
-            pause: if lease { 0 } else { weight() },
+            pause: weight(),
             nothing: weight(),
         };
         let interval_ms_min = rng.range_inclusive(200, 1000);

@@ -8,10 +8,19 @@
 //! snapshot installs are atomic (write a temporary file, fsync, rename), so they are either
 //! whole or absent. Chunks of a snapshot still being received are volatile until the `done`
 //! chunk.
+//!
+//! Older snapshots stay readable (up to [`SNAPSHOTS_RETAINED_MAX`]) for transfers that began
+//! before a newer one was taken (contract rule 5); restarts use only the latest.
+
+use std::collections::VecDeque;
 
 use shoal_raft::{Entry, HardState, LogIndex, Membership, Restore, SnapshotChunk, SnapshotMeta, Term};
 
 use crate::rng::SimRng;
+
+/// Older snapshots kept readable for transfers in progress. Cost: this many copies of the
+/// state machine per node.
+pub const SNAPSHOTS_RETAINED_MAX: usize = 4;
 
 /// A snapshot on stable storage: its metadata and the state machine's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +34,8 @@ pub struct StoredSnapshot {
 pub struct DurableState {
     pub hard_state: HardState,
     pub snapshot: Option<StoredSnapshot>,
-    /// Entries after the snapshot, contiguous.
+    /// Contiguous entries; the first may precede the snapshot's index (a tail kept so that
+    /// followers can catch up after installing an older snapshot), never follow it by a gap.
     pub entries: Vec<Entry>,
 }
 
@@ -38,6 +48,8 @@ pub struct Disk {
     unsynced: Vec<Entry>,
     /// A snapshot being received chunk by chunk (volatile until its `done` chunk).
     incoming_snapshot: Option<StoredSnapshot>,
+    /// Snapshots older than the latest, newest last.
+    retained: VecDeque<StoredSnapshot>,
     pub n_fsyncs: u64,
     pub n_torn_writes: u64,
 }
@@ -77,14 +89,31 @@ impl Disk {
         if index <= self.snapshot_index() {
             return true;
         }
-        let first = self.snapshot_index().next();
-        let Some(offset) = index.0.checked_sub(first.0) else {
-            return false;
-        };
+        self.durable_entry(index).is_some_and(|e| e.term == term)
+    }
+
+    fn durable_entry(&self, index: LogIndex) -> Option<&Entry> {
+        let first = self.durable.entries.first()?.index;
+        let offset = index.0.checked_sub(first.0)?;
+        self.durable.entries.get(offset as usize)
+    }
+
+    /// The snapshot `meta` describes, if it is the latest or still retained.
+    pub fn readable_snapshot(&self, meta: &SnapshotMeta) -> Option<&StoredSnapshot> {
         self.durable
-            .entries
-            .get(offset as usize)
-            .is_some_and(|e| e.index == index && e.term == term)
+            .snapshot
+            .iter()
+            .chain(self.retained.iter().rev())
+            .find(|s| s.meta == *meta)
+    }
+
+    fn replace_latest_snapshot(&mut self, snapshot: StoredSnapshot) {
+        if let Some(previous) = self.durable.snapshot.replace(snapshot) {
+            self.retained.push_back(previous);
+            if self.retained.len() > SNAPSHOTS_RETAINED_MAX {
+                self.retained.pop_front();
+            }
+        }
     }
 
     /// Writes one received snapshot chunk (contract rule 1: before the entries). A `done`
@@ -118,9 +147,10 @@ impl Disk {
         if !chunk.done {
             return Ok(None);
         }
-        let snapshot = self.incoming_snapshot.take();
-        self.durable.entries.clear();
-        self.durable.snapshot = snapshot;
+        if let Some(snapshot) = self.incoming_snapshot.take() {
+            self.durable.entries.clear();
+            self.replace_latest_snapshot(snapshot);
+        }
         Ok(self.durable.snapshot.as_ref())
     }
 
@@ -172,11 +202,15 @@ impl Disk {
     }
 
     fn persist(&mut self, entries: Vec<Entry>) {
-        let Some(first) = entries.first() else {
+        let Some(first) = entries.first().map(|e| e.index) else {
             return;
         };
-        let base = self.snapshot_index().next();
-        self.durable.entries.truncate((first.index.0 - base.0) as usize);
+        match self.durable.entries.first().map(|e| e.index) {
+            Some(stored_first) if stored_first < first => {
+                self.durable.entries.truncate((first.0 - stored_first.0) as usize);
+            }
+            _ => self.durable.entries.clear(),
+        }
         self.durable.entries.extend(entries);
     }
 
@@ -185,20 +219,22 @@ impl Disk {
         self.durable.hard_state = hard_state;
     }
 
-    /// The state machine saved a snapshot at `meta.index` (contract rule 5): it becomes durable
-    /// atomically and the log prefix it covers is dropped.
-    pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
+    /// The state machine saved a snapshot at `meta.index` (contract rule 5): it becomes the
+    /// latest durable one atomically, and the log prefix through `compact_through` (at most
+    /// `meta.index`) is dropped.
+    pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>, compact_through: LogIndex) {
         if meta.index <= self.snapshot_index() {
             return;
         }
+        let compact_through = compact_through.min(meta.index);
         let n_covered = self
             .durable
             .entries
             .iter()
-            .take_while(|e| e.index <= meta.index)
+            .take_while(|e| e.index <= compact_through)
             .count();
         self.durable.entries.drain(..n_covered);
-        self.durable.snapshot = Some(StoredSnapshot { meta, data });
+        self.replace_latest_snapshot(StoredSnapshot { meta, data });
     }
 
     /// A crash: everything volatile is lost, except that with probability
@@ -218,10 +254,17 @@ impl Disk {
 
     /// What a restarting node gives `Raft::new` (contract rule 6): exactly what is stored.
     pub fn restore(&self, initial_membership: &Membership) -> Restore {
+        let snapshot_index = self.snapshot_index();
         Restore {
             hard_state: self.durable.hard_state,
             snapshot: self.durable.snapshot.as_ref().map(|s| s.meta.clone()),
-            entries: self.durable.entries.clone(),
+            entries: self
+                .durable
+                .entries
+                .iter()
+                .filter(|e| e.index > snapshot_index)
+                .cloned()
+                .collect(),
             initial_membership: initial_membership.clone(),
         }
     }
@@ -294,7 +337,7 @@ mod tests {
         disk.write_entries((1..=6).map(|i| entry(i, 1)).collect())
             .expect("contiguous");
         disk.fsync();
-        disk.save_snapshot(meta.clone(), vec![1]);
+        disk.save_snapshot(meta.clone(), vec![1], meta.index);
         assert_eq!(disk.durable().entries.first().map(|e| e.index), Some(LogIndex(5)));
         let chunk = |offset: u64, data: Vec<u8>, done: bool| SnapshotChunk {
             meta: SnapshotMeta {

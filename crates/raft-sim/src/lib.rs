@@ -50,9 +50,9 @@
 //!
 //! ## A seeded run ([`run_seed`])
 //!
-//! [`SimConfig::for_seed`] draws the cluster (3 or 5 voters, spares for membership
+//! [`SimConfig::for_seed`] draws the cluster (1 to 7 voters, spares for membership
 //! changes), the core's settings (pre-vote, check-quorum, ReadIndex or lease reads, tiny
-//! in-flight windows and message sizes), the network, disk faults, group commit, snapshot
+//! in-flight windows and message sizes, election timeouts), the network, disk faults, group commit, snapshot
 //! interval and chunk size, clients and the nemesis' mix (crashes, partitions, one-way
 //! blocks, isolation, unreliable network, pauses). The safety phase runs with faults; the
 //! liveness phase heals everything and requires a new write applied by every member within
@@ -69,7 +69,18 @@
 //! A violation panics with the invariant's name, the seed and the replay command.
 //!
 //! **Architecture invariant:** the simulator uses only the core's public API and reads no
-//! clock, thread RNG or environment variable; tests choose seeds and tracing.
+//! clock, thread RNG or environment variable (the one exception, the linearizability
+//! check's wall-clock budget, only decides whether that check gives up, and is not part of
+//! the trace); tests choose seeds and tracing.
+//!
+//! ## Runtime policy (what a real runtime must also do)
+//!
+//! Every node, including one added later, starts from the cluster's *bootstrap* membership:
+//! membership entries are changes, so a joiner that started from an empty membership would
+//! compute different configurations from the same log. A removed node is stopped once its
+//! removal is committed. Compaction lags one snapshot behind, so the log keeps a tail after
+//! the snapshot lagging followers receive, and the last few snapshots stay readable for
+//! transfers in progress (contract rule 5).
 
 mod checker;
 mod config;

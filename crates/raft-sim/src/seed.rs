@@ -105,7 +105,12 @@ impl Sim {
         let mut last_proposal_ms: Option<u64> = None;
         loop {
             if let Some(leader_idx) = self.leader_idx() {
-                if last_proposal_ms.is_none_or(|t| self.now_ms >= t + MARKER_RETRY_MS) {
+                // Propose again only while no proposal has committed (applied somewhere):
+                // once one has, extra entries would only make lagging members chase the log.
+                let committed = proposed
+                    .iter()
+                    .any(|index| self.applied_command(*index) == Some(Command::Raw(marker)));
+                if !committed && last_proposal_ms.is_none_or(|t| self.now_ms >= t + MARKER_RETRY_MS) {
                     let leader = self.nodes[leader_idx].id;
                     if let Some((_, index)) = self.start(leader, marker) {
                         proposed.push(index);

@@ -1,9 +1,9 @@
 //! Minimal reproductions of defects the simulator found in `shoal-raft`, each the smallest
-//! scenario that shows it, kept as regression tests (the core fixed all four in f0a83ad).
-//! Each comment says what the core did wrong and where.
+//! scenario that shows it. All are fixed and stay as regression tests; each comment says what
+//! the core did wrong and where.
 
-use shoal_raft::NodeId;
-use shoal_raft_sim::{Sim, SimConfig};
+use shoal_raft::{ConfigChange, LogIndex, NodeId};
+use shoal_raft_sim::{Command, KvWrite, Sim, SimConfig};
 
 fn a_follower(sim: &Sim, leader: NodeId) -> NodeId {
     sim.node_ids()
@@ -169,4 +169,82 @@ fn sim_regression_no_stale_lease_read_after_a_follower_restart() {
             "old leader {leader} served a lease read at {read_index} after {f3} committed {index}"
         );
     }
+}
+
+/// Found by seeds 557 and 811 (snapshots every 2-3 entries, 17-64 byte chunks): a snapshot
+/// transfer is abandoned whenever the leader compacts again. `send_snapshot_chunk` sends
+/// nothing once `latest_snapshot` differs from the one being sent, and the transfer restarts
+/// from offset 0 with the newer snapshot only after an election-timeout stall. When a
+/// transfer takes longer than the leader's interval between snapshots, the follower never
+/// completes one and lags forever. The core should finish the transfer it started (the
+/// runtime keeps that snapshot readable, contract rule 5) and restart only on a real stall.
+#[test]
+fn sim_regression_snapshot_transfer_is_not_outpaced_by_compaction() {
+    // Goal: a follower that needs a snapshot installs one while the leader keeps compacting.
+    let mut config = SimConfig::scenario(3, 15);
+    config.snapshot_interval_entries = 2;
+    config.snapshot_chunk_bytes = 16;
+    let mut sim = Sim::new(config);
+    let leader = sim.check_one_leader();
+    // A state of a few KiB: about 250 chunks, close to 3 s of round trips.
+    let big = Command::Kv {
+        client_id: 1,
+        seq: 1,
+        write: KvWrite::Put {
+            key: "big".into(),
+            value: "x".repeat(4000),
+        },
+    };
+    sim.with_raft(leader, |r| r.propose(big.encode()))
+        .expect("up")
+        .expect("leader");
+    sim.one(1, 3, true);
+    let follower = a_follower(&sim, leader);
+    sim.disconnect(follower);
+    for cmd in 2..8 {
+        sim.one(cmd, 2, true);
+    }
+    sim.connect(follower);
+    // Writes keep coming, one every 400 ms: a new snapshot every 800 ms.
+    let lagging_at = sim.applied_index(follower);
+    let target = sim.raft(leader).map_or(LogIndex(0), |r| r.commit_index());
+    for cmd in 8..100 {
+        sim.start(leader, cmd);
+        sim.run_for(400);
+        if sim.applied_index(follower) >= target {
+            break;
+        }
+    }
+    assert!(
+        sim.applied_index(follower) >= target,
+        "follower {follower} stuck at {lagging_at} (leader had committed {target} when it \
+         reconnected): no snapshot completed in {} ms of steady writes",
+        92 * 400
+    );
+}
+
+/// Found by seeds 178 and 456 (a two-voter membership): the leader appends `Remove(itself)`
+/// and loses leadership before the entry commits (here a crash; check-quorum or a higher
+/// term do the same). Its own log now says it is not a voter, so it never campaigns
+/// (`is_voter` reads the latest, uncommitted configuration); the other voter still uses the
+/// old configuration, needs its vote, and never gets it because the removed node's log is
+/// longer. No leader is ever elected again. A node whose removal is not yet committed could
+/// still campaign (counting votes in its latest configuration, as the dissertation's leader
+/// does while it manages a cluster it is not part of, §4.2.2), or a leader could transfer
+/// leadership before removing itself.
+#[test]
+fn sim_regression_uncommitted_self_removal_does_not_deadlock_two_voters() {
+    // Goal: after a leader's uncommitted self-removal and a crash, a leader is elected again.
+    let mut sim = Sim::new(SimConfig::scenario(2, 16));
+    let leader = sim.check_one_leader();
+    sim.one(1, 2, true);
+    let other = a_follower(&sim, leader);
+    sim.block_one_way(leader, other);
+    sim.propose_config_change(leader, ConfigChange::Remove(leader))
+        .expect("leader accepts its own removal");
+    sim.crash(leader);
+    sim.restart(leader);
+    sim.heal();
+    let elected = sim.run_until(|s| s.leader().is_some(), 100);
+    assert!(elected, "no leader in 10 s{}", sim.describe_nodes());
 }

@@ -8,7 +8,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
-use shoal_raft_sim::{run_config, run_seed, SimConfig};
+use shoal_raft_sim::{run_config, run_seed, SimConfig, SimStats};
 
 /// A run that finds this many failing seeds stops there (each prints its own panic).
 const FAILURES_MAX: usize = 10;
@@ -31,8 +31,8 @@ fn sim_seeds_with_faults() {
     let trace_log = std::env::var_os("SHOAL_SIM_TRACE").is_some();
     let started = Instant::now();
     let mut failing_seeds = Vec::new();
-    let (mut n_ops, mut n_unknown, mut n_messages, mut n_crashes, mut n_snapshots_installed) =
-        (0, 0, 0, 0, 0);
+    let (mut n_ops, mut n_unknown, mut n_messages) = (0, 0, 0);
+    let mut totals = SimStats::default();
     let mut sim_ms = 0;
     let mut n_lincheck_timeouts = 0;
     for seed in seed_base..seed_base + n_seeds {
@@ -46,8 +46,14 @@ fn sim_seeds_with_faults() {
                 n_ops += report.n_ops;
                 n_unknown += report.n_ops_unknown;
                 n_messages += report.n_messages;
-                n_crashes += report.stats.n_crashes;
-                n_snapshots_installed += report.stats.n_snapshots_installed;
+                let stats = &report.stats;
+                totals.n_crashes += stats.n_crashes;
+                totals.n_crashes_in_ready += stats.n_crashes_in_ready;
+                totals.n_torn_writes += stats.n_torn_writes;
+                totals.n_pauses += stats.n_pauses;
+                totals.n_snapshots_installed += stats.n_snapshots_installed;
+                totals.n_config_changes_proposed += stats.n_config_changes_proposed;
+                totals.n_transfers_requested += stats.n_transfers_requested;
                 sim_ms += report.sim_ms;
                 n_lincheck_timeouts += u64::from(report.lincheck_timed_out);
             }
@@ -64,11 +70,19 @@ fn sim_seeds_with_faults() {
         }
     }
     eprintln!(
-        "sim_seeds_with_faults: {n_seeds} seeds from {seed_base} in {:.1} s: {n_ops} client ops \
-         ({n_unknown} unknown), {n_messages} messages, {n_crashes} crashes, {n_snapshots_installed} \
-         snapshots installed, {:.0} simulated s, {n_lincheck_timeouts} linearizability checks timed out",
+        "sim_seeds_with_faults: {n_seeds} seeds from {seed_base} in {:.1} s ({:.0} simulated s): \
+         {n_ops} client ops ({n_unknown} unknown), {n_messages} messages, {} crashes ({} inside a \
+         Ready, {} torn writes), {} pauses, {} snapshots installed, {} membership changes and {} \
+         transfers proposed, {n_lincheck_timeouts} linearizability checks timed out",
         started.elapsed().as_secs_f64(),
-        sim_ms as f64 / 1000.0
+        sim_ms as f64 / 1000.0,
+        totals.n_crashes,
+        totals.n_crashes_in_ready,
+        totals.n_torn_writes,
+        totals.n_pauses,
+        totals.n_snapshots_installed,
+        totals.n_config_changes_proposed,
+        totals.n_transfers_requested,
     );
     assert!(failing_seeds.is_empty(), "failing seeds: {failing_seeds:?}");
 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::LogIndex;
+use crate::types::{LogIndex, SnapshotMeta};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ProgressState {
@@ -37,6 +37,10 @@ pub(crate) struct Progress {
     /// The last heartbeat round sent and the last index sent before it: a response to that
     /// round showing a shorter log means appends sent before the heartbeat were lost.
     pub heartbeat_sent: Option<(u64, LogIndex)>,
+    /// The snapshot being streamed in the Snapshot state. A transfer under way finishes with
+    /// the snapshot it started with even if a newer one appears (the runtime keeps it
+    /// readable), so frequent compaction cannot starve a slow transfer.
+    pub snapshot_meta: Option<SnapshotMeta>,
 }
 
 impl Progress {
@@ -50,6 +54,7 @@ impl Progress {
             recent_active: false,
             read_round_acked: 0,
             heartbeat_sent: None,
+            snapshot_meta: None,
         }
     }
 

@@ -373,7 +373,9 @@ impl Raft {
             Role::Leader => self.tick_leader(),
             _ => {
                 self.election_elapsed_ticks += 1;
-                if self.is_voter() && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
+                if self.is_electable()
+                    && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
+                {
                     self.election_elapsed_ticks = 0;
                     self.start_election();
                 }
@@ -436,7 +438,7 @@ impl Raft {
 
     /// Starts an election now (as if the election timer fired); used to bootstrap and in tests.
     pub fn campaign(&mut self) {
-        if self.is_voter() && self.role != Role::Leader {
+        if self.is_electable() && self.role != Role::Leader {
             self.start_election();
         }
     }
@@ -793,6 +795,20 @@ impl Raft {
         self.log.membership().voters.contains(&self.id)
     }
 
+    /// May this node start an election? A voter may; so may a node whose own removal is still
+    /// uncommitted (dissertation §4.2.2): otherwise a leader that appended its removal and
+    /// then failed could leave the remaining voters unable to elect anyone (they need its vote,
+    /// and it holds the longer log). Votes are still counted in the latest membership.
+    fn is_electable(&self) -> bool {
+        self.is_voter()
+            || (self.log.last_membership_index() > self.log.committed
+                && self
+                    .log
+                    .membership_at(self.log.committed)
+                    .voters
+                    .contains(&self.id))
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed_ticks = 0;
         let base = self.config.election_timeout_ticks;
@@ -1137,6 +1153,7 @@ impl Raft {
             panic!("log compacted to {} without a snapshot", self.log.snapshot_index);
         };
         if let Some(pr) = self.progress.get_mut(&to) {
+            pr.snapshot_meta = Some(meta.clone());
             pr.state = ProgressState::Snapshot {
                 snapshot_index: meta.index,
                 next_offset: 0,
@@ -1153,10 +1170,11 @@ impl Raft {
     }
 
     /// Asks the runtime to send the next chunk (or resend after a stall) to `to`.
-    fn send_snapshot_chunk(&mut self, to: NodeId, restart_if_stale: bool) {
-        let Some(meta) = self.latest_snapshot.clone() else {
+    fn send_snapshot_chunk(&mut self, to: NodeId, after_stall: bool) {
+        let Some(latest) = self.latest_snapshot.clone() else {
             return;
         };
+        let term = self.term;
         let Some(pr) = self.progress.get_mut(&to) else {
             return;
         };
@@ -1169,17 +1187,23 @@ impl Raft {
             return;
         };
         *ticks_since_progress = 0;
-        if restart_if_stale && *snapshot_index != meta.index {
-            *snapshot_index = meta.index;
+        // After a stall (a lost chunk, or the runtime could no longer read the old snapshot)
+        // move to the newest snapshot; otherwise finish the one under way.
+        if after_stall && *snapshot_index != latest.index {
+            *snapshot_index = latest.index;
             *next_offset = 0;
+            pr.snapshot_meta = Some(latest);
         }
-        let offset = *next_offset;
-        if *snapshot_index != meta.index {
+        let offset = match &pr.state {
+            ProgressState::Snapshot { next_offset, .. } => *next_offset,
+            _ => return,
+        };
+        let Some(meta) = pr.snapshot_meta.clone() else {
             return;
-        }
+        };
         self.snapshot_sends.push(SnapshotSend {
             to,
-            term: self.term,
+            term,
             meta,
             offset,
         });
