@@ -94,7 +94,10 @@ pub struct Restore {
     pub snapshot: Option<SnapshotMeta>,
     /// Durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
-    /// Membership of a brand-new cluster; ignored when a snapshot supplies one.
+    /// The cluster's bootstrap membership (the voters it was created with); ignored when a
+    /// snapshot supplies one. Membership entries in the log are *changes* applied on top of
+    /// it, so every node, including one that joins later, must pass the same bootstrap
+    /// membership, never an empty or current one.
     pub initial_membership: Membership,
 }
 
