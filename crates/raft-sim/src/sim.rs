@@ -30,6 +30,9 @@ const READIES_PER_INPUT_MAX: usize = 10_000;
 /// answer the messages in flight (as an operator would shut it down).
 const RETIRE_DELAY_MS: u64 = 500;
 
+/// Upper bound on the chunks of one snapshot transfer (see `send_snapshot_chunk`).
+const SNAPSHOT_CHUNKS_PER_TRANSFER_MAX: usize = 64;
+
 /// A client request on the wire.
 #[derive(Clone, Debug)]
 pub struct ClientRequest {
@@ -1002,7 +1005,14 @@ impl Sim {
             return;
         };
         let start = (send.offset as usize).min(stored.data.len());
-        let end = (start + self.config.snapshot_chunk_bytes).min(stored.data.len());
+        // Tiny chunks exercise multi-chunk transfers; the floor keeps a big snapshot at <= 64
+        // round trips, as a real runtime's 1 MiB chunks do (one chunk is in flight at a time,
+        // so 17-byte chunks of a 100 KB snapshot would outlast the liveness bound).
+        let chunk_bytes = self
+            .config
+            .snapshot_chunk_bytes
+            .max(stored.data.len() / SNAPSHOT_CHUNKS_PER_TRANSFER_MAX);
+        let end = (start + chunk_bytes).min(stored.data.len());
         let message = Message {
             from: node.id,
             to: send.to,
