@@ -103,8 +103,17 @@ impl GroupConfig {
     pub(crate) fn raft_config(&self, id: NodeId) -> shoal_raft::Config {
         let mut raft = self.raft.clone();
         raft.id = id;
-        // Different groups on one node must not time out in lockstep.
-        raft.rng_seed = id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.group_id ^ self.raft.rng_seed;
+        // Different groups on one node, and different incarnations of one node, must not time
+        // out in lockstep: mix in the start time and process id (the shell may read clocks; the
+        // core stays deterministic given its seed).
+        let start_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        raft.rng_seed = id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ self.group_id
+            ^ self.raft.rng_seed
+            ^ start_nanos
+            ^ u64::from(std::process::id()).rotate_left(32);
         raft
     }
 }
