@@ -1052,25 +1052,31 @@ impl Raft {
         }
     }
 
-    /// §5.3/§5.4.2: commit the highest index stored on a quorum of voters, but only by
-    /// counting replicas of an entry of the current term (Figure 8).
-    fn maybe_commit(&mut self) {
+    /// The largest value that a quorum of voters has reached (each voter's value from its
+    /// progress, this node's included): the quorum-th highest. `None` without a quorum of
+    /// voters in the progress map.
+    fn quorum_value<T: Ord + Copy>(&self, value: impl Fn(&Progress) -> T) -> Option<T> {
         let voters = &self.log.membership().voters;
-        let mut matched: Vec<LogIndex> = self
+        let mut values: Vec<T> = self
             .progress
             .iter()
             .filter(|(id, _)| voters.contains(id))
-            .map(|(_, pr)| pr.match_index)
+            .map(|(_, pr)| value(pr))
             .collect();
-        if matched.is_empty() {
-            return;
-        }
-        matched.sort_unstable_by(|a, b| b.cmp(a));
         let quorum = self.log.membership().quorum();
-        if matched.len() < quorum {
-            return;
+        if values.len() < quorum {
+            return None;
         }
-        let candidate = matched[quorum - 1];
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        Some(values[quorum - 1])
+    }
+
+    /// §5.3/§5.4.2: commit the highest index stored on a quorum of voters, but only by
+    /// counting replicas of an entry of the current term (Figure 8).
+    fn maybe_commit(&mut self) {
+        let Some(candidate) = self.quorum_value(|pr| pr.match_index) else {
+            return;
+        };
         if candidate <= self.log.committed || self.log.term_at(candidate) != Some(self.term) {
             return;
         }
@@ -1405,19 +1411,9 @@ impl Raft {
     /// Releases reads whose round a quorum of voters acknowledged (§6.4 step 3), and renews
     /// the lease from the send time of that round.
     fn release_reads(&mut self) {
-        let voters = &self.log.membership().voters;
-        let mut acked: Vec<u64> = self
-            .progress
-            .iter()
-            .filter(|(id, _)| voters.contains(id))
-            .map(|(_, pr)| pr.read_round_acked)
-            .collect();
-        let quorum = self.log.membership().quorum();
-        if acked.len() < quorum {
+        let Some(quorum_round) = self.quorum_value(|pr| pr.read_round_acked) else {
             return;
-        }
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_round = acked[quorum - 1];
+        };
         if let Some((_, tick)) = self
             .round_sent_ticks
             .iter()
