@@ -17,7 +17,11 @@
 //! each depth the scan tries the known-outcome calls before the first remaining return,
 //! then the unknown-outcome calls before that same return: every candidate Wing & Gong
 //! would try, in an order that caches configurations with small `unknown` sets first, so
-//! that subsumption prunes the larger ones met later.
+//! that subsumption prunes the larger ones met later. That order alone is not enough when
+//! the search is stuck and lifts unknown-outcome operations on top of each other, so one
+//! more rule applies: right after lifting an unknown-outcome operation from (K, s, U), a
+//! second one is not lifted to a state that it reaches from s directly (or to s itself);
+//! (K, s, U) tries that configuration, which has a smaller `unknown` set.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -337,6 +341,25 @@ impl<'m, 'h, M: Model> Search<'m, 'h, M> {
                     // Leaving the state unchanged is subsumed by the current configuration
                     // (which is cached): skip it without hashing.
                     candidates.retain(|candidate| *candidate != self.state);
+                    // If the last step lifted another unknown-outcome operation from
+                    // (K, s, U), the known set is still K, so the boundary is the same and
+                    // (K, s, U) also tries this operation directly. A state it reaches from
+                    // s alone (or s itself) gives a configuration with a subset of our
+                    // `unknown` set, which subsumes ours: skip it. Without this, k pending
+                    // puts are stacked in every order and subsets before reaching the
+                    // small sets that would prune them (about 2^k configurations).
+                    if let Some(Frame {
+                        state_before,
+                        boundary: Some(_),
+                        ..
+                    }) = self.stack.last()
+                    {
+                        if !candidates.is_empty() {
+                            let direct = self.model.step_unknown(state_before, op.input);
+                            candidates
+                                .retain(|candidate| candidate != state_before && !direct.contains(candidate));
+                        }
+                    }
                     let lifted = match candidates.pop() {
                         Some(next_state) => self.try_lift(entry, next_state, candidates, Some(boundary)),
                         None => false,
