@@ -15,7 +15,7 @@ use shoal_raft::{
 };
 
 use crate::checker::Checker;
-use crate::config::SimConfig;
+use crate::config::{NemesisConfig, SimConfig};
 use crate::disk::Disk;
 use crate::history::{History, OpInput, OpResult};
 use crate::kv::{ApplyOutcome, Command, KvStore};
@@ -840,18 +840,24 @@ impl Sim {
         self.log(|| format!("node {id} crashes in a Ready {point}"));
         self.crash_idx(node_idx);
         if let Some(nemesis) = self.config.nemesis.clone() {
-            let incarnation = self.nodes[node_idx].incarnation;
-            let downtime = self
-                .rng
-                .range_inclusive(nemesis.downtime_ms_min, nemesis.downtime_ms_max);
-            self.schedule(
-                downtime,
-                Event::Restart {
-                    node_idx,
-                    incarnation,
-                },
-            );
+            self.schedule_restart(node_idx, &nemesis);
         }
+    }
+
+    /// Restarts the crashed `node_idx` after a downtime drawn from the nemesis' range (unless
+    /// it was restarted meanwhile: the event carries its incarnation).
+    fn schedule_restart(&mut self, node_idx: usize, nemesis: &NemesisConfig) {
+        let incarnation = self.nodes[node_idx].incarnation;
+        let downtime = self
+            .rng
+            .range_inclusive(nemesis.downtime_ms_min, nemesis.downtime_ms_max);
+        self.schedule(
+            downtime,
+            Event::Restart {
+                node_idx,
+                incarnation,
+            },
+        );
     }
 
     fn serve_reads(&mut self, node_idx: usize) {
@@ -1430,17 +1436,7 @@ impl Sim {
                     .collect();
                 if let Some(node_idx) = self.rng.pick(&up) {
                     self.crash_idx(node_idx);
-                    let incarnation = self.nodes[node_idx].incarnation;
-                    let downtime = self
-                        .rng
-                        .range_inclusive(nemesis.downtime_ms_min, nemesis.downtime_ms_max);
-                    self.schedule(
-                        downtime,
-                        Event::Restart {
-                            node_idx,
-                            incarnation,
-                        },
-                    );
+                    self.schedule_restart(node_idx, &nemesis);
                 }
             }
             Some(1) => {

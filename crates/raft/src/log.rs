@@ -217,6 +217,19 @@ impl RaftLog {
         None
     }
 
+    /// Total `Entry::size_bytes` of the entries `from ..= to` still in the log, without
+    /// copying them.
+    pub fn size_bytes_between(&self, from: LogIndex, to: LogIndex) -> usize {
+        let first = from.max(self.first_index());
+        let last = to.min(self.last_index());
+        if first > last {
+            return 0;
+        }
+        let start = (first.0 - self.snapshot_index.0 - 1) as usize;
+        let end = (last.0 - self.snapshot_index.0) as usize;
+        self.entries[start..end].iter().map(Entry::size_bytes).sum()
+    }
+
     /// Entries `from ..= last_index()`, at most `bytes_max` bytes but always at least one.
     pub fn slice(&self, from: LogIndex, bytes_max: usize) -> Vec<Entry> {
         self.slice_to(from, self.last_index(), bytes_max)

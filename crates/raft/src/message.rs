@@ -83,6 +83,32 @@ pub enum MessageBody {
 }
 
 impl MessageBody {
+    /// A successful AppendEntries response: the follower matches the leader up to `match_index`.
+    pub fn append_accepted(match_index: LogIndex) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            success: true,
+            match_index,
+            reject_index: LogIndex::ZERO,
+            conflict_index: LogIndex::ZERO,
+            conflict_term: None,
+        }
+    }
+
+    /// A failed AppendEntries response with its fast-backtracking hint.
+    pub fn append_rejected(
+        reject_index: LogIndex,
+        conflict_index: LogIndex,
+        conflict_term: Option<Term>,
+    ) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: LogIndex::ZERO,
+            reject_index,
+            conflict_index,
+            conflict_term,
+        }
+    }
+
     /// A short name for logs and message counters.
     pub fn kind_name(&self) -> &'static str {
         match self {

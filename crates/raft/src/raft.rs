@@ -578,13 +578,7 @@ impl Raft {
                     // and check-quorum, where our higher term might otherwise never reach it).
                     self.send(
                         m.from,
-                        MessageBody::AppendEntriesResponse {
-                            success: false,
-                            match_index: LogIndex::ZERO,
-                            reject_index: LogIndex::ZERO,
-                            conflict_index: LogIndex::ZERO,
-                            conflict_term: None,
-                        },
+                        MessageBody::append_rejected(LogIndex::ZERO, LogIndex::ZERO, None),
                     );
                 }
                 MessageBody::PreVote { .. } => {
@@ -1086,12 +1080,7 @@ impl Raft {
     }
 
     fn on_commit_advanced(&mut self, old_commit: LogIndex) {
-        let freed: usize = self
-            .log
-            .slice_to(old_commit.next(), self.log.committed, usize::MAX)
-            .iter()
-            .map(Entry::size_bytes)
-            .sum();
+        let freed = self.log.size_bytes_between(old_commit.next(), self.log.committed);
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
         if self.log.committed >= self.term_start_index && !self.reads_waiting_for_commit.is_empty() {
             for context in std::mem::take(&mut self.reads_waiting_for_commit) {
@@ -1180,9 +1169,6 @@ impl Raft {
 
     /// Asks the runtime to send the next chunk (or resend after a stall) to `to`.
     fn send_snapshot_chunk(&mut self, to: NodeId, after_stall: bool) {
-        let Some(latest) = self.latest_snapshot.clone() else {
-            return;
-        };
         let term = self.term;
         let Some(pr) = self.progress.get_mut(&to) else {
             return;
@@ -1198,15 +1184,16 @@ impl Raft {
         *ticks_since_progress = 0;
         // After a stall (a lost chunk, or the runtime could no longer read the old snapshot)
         // move to the newest snapshot; otherwise finish the one under way.
-        if after_stall && *snapshot_index != latest.index {
+        if let Some(latest) = self
+            .latest_snapshot
+            .as_ref()
+            .filter(|l| after_stall && l.index != *snapshot_index)
+        {
             *snapshot_index = latest.index;
             *next_offset = 0;
-            pr.snapshot_meta = Some(latest);
+            pr.snapshot_meta = Some(latest.clone());
         }
-        let offset = match &pr.state {
-            ProgressState::Snapshot { next_offset, .. } => *next_offset,
-            _ => return,
-        };
+        let offset = *next_offset;
         let Some(meta) = pr.snapshot_meta.clone() else {
             return;
         };
@@ -1458,32 +1445,14 @@ impl Raft {
             }
         }
         if prev_log_index < committed {
-            self.send(
-                from,
-                MessageBody::AppendEntriesResponse {
-                    success: true,
-                    match_index: committed,
-                    reject_index: LogIndex::ZERO,
-                    conflict_index: LogIndex::ZERO,
-                    conflict_term: None,
-                },
-            );
+            self.send(from, MessageBody::append_accepted(committed));
             return;
         }
         if self.log.matches(prev_log_index, prev_log_term) {
             let last_new = self.log.append_after_check(prev_log_index, entries);
             self.log.commit_to(leader_commit.min(last_new));
             self.refresh_role();
-            self.send(
-                from,
-                MessageBody::AppendEntriesResponse {
-                    success: true,
-                    match_index: last_new,
-                    reject_index: LogIndex::ZERO,
-                    conflict_index: LogIndex::ZERO,
-                    conflict_term: None,
-                },
-            );
+            self.send(from, MessageBody::append_accepted(last_new));
             return;
         }
         let (conflict_index, conflict_term) = if prev_log_index > self.log.last_index() {
@@ -1496,13 +1465,7 @@ impl Raft {
         };
         self.send(
             from,
-            MessageBody::AppendEntriesResponse {
-                success: false,
-                match_index: LogIndex::ZERO,
-                reject_index: prev_log_index,
-                conflict_index,
-                conflict_term,
-            },
+            MessageBody::append_rejected(prev_log_index, conflict_index, conflict_term),
         );
     }
 

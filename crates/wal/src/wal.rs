@@ -493,20 +493,7 @@ impl Wal {
     /// any damage in it as corruption rather than as a torn tail.
     fn start_segment(&mut self, first_index: u64) -> Result<(), WalError> {
         if !self.segments.is_empty() {
-            self.flush()?;
-            if self.file_dirty {
-                let path = &self.segments[self.segments.len() - 1].path;
-                active_file(&self.active_file)
-                    .sync_data()
-                    .map_err(io_error("fsync sealed segment", path))?;
-                self.n_fsyncs += 1;
-                self.file_dirty = false;
-            }
-            if self.dir_dirty {
-                fsync_dir(&self.dir)?;
-                self.n_fsyncs += 1;
-                self.dir_dirty = false;
-            }
+            self.sync_inner()?;
         }
         let path = self.dir.join(segment_file_name(first_index));
         let file = OpenOptions::new()
