@@ -196,6 +196,18 @@ impl RaftNode {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.serve_with(listener, shutdown, tonic::service::Routes::default())
+            .await
+    }
+
+    /// Like [`RaftNode::serve`], with the services of `routes` (a state machine's own API)
+    /// on the same listener.
+    pub async fn serve_with(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+        routes: tonic::service::Routes,
+    ) -> Result<()> {
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         // Long-lived peer streams and waiting requests end when this token fires, so the
         // graceful shutdown below does not wait for them.
@@ -224,8 +236,7 @@ impl RaftNode {
         tracing::info!(node_id = self.inner.id.0, address = %local, "serving Raft peers and clients");
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(peer_service)
-            .add_service(client_service)
+            .add_routes(routes.add_service(peer_service).add_service(client_service))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal)
             .await
             .map_err(|e| Error::Transport {

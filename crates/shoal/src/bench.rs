@@ -150,7 +150,6 @@ pub fn raft_cluster(
     duration: Duration,
     payload_bytes: usize,
 ) -> anyhow::Result<()> {
-    use shoal_raft_runtime::KvCommand;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,7 +170,7 @@ pub fn raft_cluster(
                     let mut n_errors = 0u64;
                     let key = format!("bench/{proposer}").into_bytes();
                     while Instant::now() < deadline {
-                        let command = KvCommand::Put { key: key.clone(), value: value.clone() }.encode();
+                        let command = shoal_meta::store::put_command(&key, &value);
                         let started = Instant::now();
                         match client.propose(command).await {
                             Ok(_) => latencies.push(started.elapsed()),
@@ -269,7 +268,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Leader failover: from SIGKILL of the leader process to the first commit by the new leader.
 pub fn failover(global: &GlobalArgs, trials: usize, data_dir: Option<&Path>) -> anyhow::Result<()> {
-    use shoal_raft_runtime::{ClientOptions, KvCommand, RaftClient};
+    use shoal_raft_runtime::{ClientOptions, RaftClient};
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
     let base = data_dir.unwrap_or(temp.path()).to_path_buf();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
@@ -310,13 +309,7 @@ pub fn failover(global: &GlobalArgs, trials: usize, data_dir: Option<&Path>) -> 
         let client = RaftClient::with_options(endpoints.clone(), crate::server::META_GROUP_ID, fast.clone())?;
         let put = |client: RaftClient| async move {
             client
-                .propose(
-                    KvCommand::Put {
-                        key: b"failover".to_vec(),
-                        value: b"x".to_vec(),
-                    }
-                    .encode(),
-                )
+                .propose(shoal_meta::store::put_command(b"failover", b"x"))
                 .await
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -94,6 +94,17 @@ pub struct ServerArgs {
     /// Take a snapshot and compact the log every this many applied entries.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_interval_entries: u64,
+    /// Size quota of the store's data in bytes; past it, writes that add data fail with a
+    /// NO_SPACE error until compaction or deletes free space (deletes always work).
+    #[arg(long, default_value_t = shoal_meta::limits::QUOTA_BYTES_DEFAULT)]
+    pub quota_bytes: i64,
+    /// Compact old revisions automatically: every period, forget versions older than the
+    /// revision current one period ago. 0 turns it off.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub auto_compaction_period: Duration,
+    /// How often the leader compares the members' state hashes (divergence detection).
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    pub hash_check_interval: Duration,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,12 +5,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use shoal_meta::server::{MetaServer, ServerOptions};
+use shoal_meta::store::MetaStore;
 use shoal_raft::NodeId;
-use shoal_raft_runtime::{GroupConfig, KvStateMachine, NodeOptions, RaftNode};
+use shoal_raft_runtime::{GroupConfig, NodeOptions, RaftNode};
 
 use crate::cli::ServerArgs;
 
-/// The id of the Raft group that holds the cluster's own state (later: the coordination store).
+/// The id of the Raft group that holds the coordination store (the cluster's own state).
 pub const META_GROUP_ID: u64 = 1;
 
 /// Parses `1=host:port,2=host:port` into a map, with errors that name the bad item.
@@ -88,8 +90,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         let node = RaftNode::new(NodeOptions::new(id, peers.clone())).context("starting the node")?;
         let mut config = group_config(&args.data_dir, peers.keys().copied(), args.tick);
         config.snapshot_interval_entries = args.snapshot_interval_entries;
-        node.start_group(config, KvStateMachine::new())
-            .with_context(|| format!("opening the Raft group in {}", args.data_dir.display()))?;
+        let meta = MetaServer::start(&node, config, server_options(&args), MetaStore::new())
+            .with_context(|| format!("opening the coordination store in {}", args.data_dir.display()))?;
         eprintln!(
             "shoal server {} listening on {} with data in {} (peers: {})",
             args.id,
@@ -104,8 +106,20 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        node.serve(listener, shutdown).await.context("serving")?;
+        node.serve_with(listener, shutdown, meta.routes())
+            .await
+            .context("serving")?;
         node.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+fn server_options(args: &ServerArgs) -> ServerOptions {
+    ServerOptions {
+        quota_bytes: args.quota_bytes,
+        auto_compaction_period: (!args.auto_compaction_period.is_zero())
+            .then_some(args.auto_compaction_period),
+        hash_check_interval: args.hash_check_interval,
+        ..ServerOptions::default()
+    }
 }

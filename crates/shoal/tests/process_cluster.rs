@@ -27,8 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use shoal_lincheck::{check, CheckResult, ClientId, KvInput, KvModel, KvOutput, Operation};
-use shoal_raft_runtime::{ClientOptions, Error, GroupStatus, KvCommand, KvStateMachine, RaftClient};
+use shoal_meta::proto::{command_reply, CommandReply, RangeRequest};
+use shoal_raft_runtime::{ClientOptions, Error, GroupStatus, RaftClient};
 use tokio::sync::Notify;
 
 /// The Raft group holding the cluster's state (`shoal::server::META_GROUP_ID`).
@@ -480,20 +482,16 @@ async fn run_client(
         if rng.chance_percent(50) {
             n_puts += 1;
             let value = format!("c{client_idx}-{n_puts}");
-            let command = KvCommand::Put {
-                key: key.as_bytes().to_vec(),
-                value: value.as_bytes().to_vec(),
-            }
-            .encode();
+            let command = shoal_meta::store::put_command(key.as_bytes(), value.as_bytes());
             let input = KvInput::put(&key, &value);
             let call_time = micros_since(start);
             let give_up_at = Instant::now() + OPERATION_RETRY_MAX;
             let outcome = loop {
                 match client.propose(command.clone()).await {
                     Ok(reply) => {
-                        let decoded = KvStateMachine::decode_reply(&reply);
+                        let decoded = decode_reply(&reply);
                         assert!(
-                            decoded.is_ok(),
+                            matches!(decoded, Ok(command_reply::Reply::Put(_))),
                             "put {key}={value} answered an error: {decoded:?}"
                         );
                         break PutOutcome::Acked;
@@ -551,6 +549,15 @@ async fn run_client(
     stats
 }
 
+/// The store's reply to a raw proposal or query.
+fn decode_reply(reply: &[u8]) -> Result<command_reply::Reply, String> {
+    match CommandReply::decode(reply).map_err(|e| e.to_string())?.reply {
+        Some(command_reply::Reply::Error(e)) => Err(e.message),
+        Some(reply) => Ok(reply),
+        None => Err("empty reply".to_string()),
+    }
+}
+
 fn lock_history(history: &Mutex<History>) -> MutexGuard<'_, History> {
     history.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -565,10 +572,16 @@ async fn read_key(
 ) -> Option<Option<String>> {
     let give_up_at = Instant::now() + retry_max;
     loop {
-        match client.read(key.as_bytes().to_vec()).await {
+        let query = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        match client.read(query.encode_to_vec()).await {
             Ok(reply) => {
-                let value = KvStateMachine::decode_reply(&reply)
-                    .unwrap_or_else(|e| panic!("get {key} answered an error: {e}"));
+                let value = match decode_reply(&reply) {
+                    Ok(command_reply::Reply::Range(r)) => r.kvs.into_iter().next().map(|kv| kv.value),
+                    other => panic!("get {key} answered {other:?}"),
+                };
                 return Some(value.map(|v| String::from_utf8(v).expect("values are UTF-8")));
             }
             Err(e) => {

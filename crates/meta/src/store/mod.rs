@@ -746,6 +746,20 @@ impl MetaStore {
     }
 }
 
+/// An encoded put command without a session: what raw-Raft benchmarks and tests propose.
+pub fn put_command(key: &[u8], value: &[u8]) -> Vec<u8> {
+    Command {
+        session: None,
+        op: Some(command::Op::Put(proto::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            prev_kv: true,
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec()
+}
+
 pub(crate) fn lease_not_found(id: i64) -> proto::Error {
     error(
         ErrorCode::LeaseNotFound,
@@ -779,6 +793,22 @@ impl StateMachine for MetaStore {
 
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
         snapshot::write(self, out)
+    }
+
+    /// The byte-level read of the runtime's `Read` RPC: an encoded [`proto::RangeRequest`],
+    /// answered by an encoded [`CommandReply`] (`range` or `error`).
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let reply = match proto::RangeRequest::decode(query) {
+            Err(e) => command_reply::Reply::Error(error(
+                ErrorCode::InvalidArgument,
+                format!("malformed query: {e}"),
+            )),
+            Ok(request) => match self.range(&request, RANGE_RESPONSE_BYTES_MAX) {
+                Ok(response) => command_reply::Reply::Range(response),
+                Err(e) => command_reply::Reply::Error(e),
+            },
+        };
+        CommandReply { reply: Some(reply) }.encode_to_vec()
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
