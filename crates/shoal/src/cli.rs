@@ -149,6 +149,8 @@ pub enum MemberCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Load-test the coordination store (or etcd, for comparison): put, get, txn-cas, watch.
+    Kv(crate::bench_kv::BenchKvArgs),
     /// The disk's own fsync latency: the physical floor of a durable commit.
     #[command(after_help = "Example:\n  shoal bench fsync --dir /tmp --count 2000")]
     Fsync {

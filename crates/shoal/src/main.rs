@@ -2,6 +2,7 @@
 //! exit with a deliberate code (0 success, 1 failure with a one-line reason, 2 usage error).
 
 mod bench;
+mod bench_kv;
 mod cli;
 mod cluster;
 mod demo;
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::raft_cluster(&cli.global, &proposers, duration, payload_bytes)?;
         }
         Command::Cluster(command) => cluster::run(&cli.global, command)?,
+        Command::Bench(BenchCommand::Kv(args)) => bench_kv::run(&cli.global, args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
