@@ -48,12 +48,12 @@ pub fn fsync(global: &GlobalArgs, dir: &Path, count: u64, write_bytes: usize) ->
     let p = percentiles(&mut samples);
     let per_s = count as f64 / total.as_secs_f64();
     match global.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::json!({"bench": "fsync", "count": count, "write_bytes": write_bytes,
                 "fsyncs_per_s": per_s, "p50_us": p.p50_us, "p99_us": p.p99_us, "max_us": p.max_us})
         ),
-        OutputFormat::Text => println!(
+        OutputFormat::Text => outln!(
             "fsync: {count} x ({write_bytes} B write + fdatasync) in {}: {per_s:.0}/s, p50 {:.0} us, p99 {:.0} us, max {:.0} us",
             dir.display(),
             p.p50_us,
@@ -129,12 +129,12 @@ pub fn raft_core(global: &GlobalArgs, entries: u64, payload_bytes: usize) -> any
     let elapsed = started.elapsed();
     let per_s = n_committed as f64 / elapsed.as_secs_f64();
     match global.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::json!({"bench": "raft-core", "entries": n_committed, "payload_bytes": payload_bytes,
                 "seconds": elapsed.as_secs_f64(), "entries_per_s": per_s, "messages": n_messages})
         ),
-        OutputFormat::Text => println!(
+        OutputFormat::Text => outln!(
             "raft-core: 3 nodes, {n_committed} entries of {payload_bytes} B committed in {:.2} s: {per_s:.0} entries/s ({n_messages} messages)",
             elapsed.as_secs_f64()
         ),
@@ -195,7 +195,7 @@ pub fn raft_cluster(
             rows.push(serde_json::json!({"proposers": n_proposers, "proposals": n_ok, "errors": n_errors,
                 "proposals_per_s": per_s, "p50_us": p.p50_us, "p99_us": p.p99_us, "max_us": p.max_us}));
             if global.output == OutputFormat::Text {
-                println!(
+                outln!(
                     "{n_proposers:>4} proposers: {per_s:>8.0} proposals/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({n_ok} ok, {n_errors} errors)",
                     p.p50_us / 1e3,
                     p.p99_us / 1e3,
@@ -206,12 +206,12 @@ pub fn raft_cluster(
         let status = client.status().await?;
         let fsyncs_after = client.status_at(status.leader_addr.as_deref().unwrap_or(&global.endpoints[0])).await?.n_fsyncs;
         match global.output {
-            OutputFormat::Json => println!(
+            OutputFormat::Json => outln!(
                 "{}",
                 serde_json::json!({"bench": "raft", "payload_bytes": payload_bytes, "levels": rows,
                     "leader_fsyncs": fsyncs_after.saturating_sub(fsyncs_before)})
             ),
-            OutputFormat::Text => println!(
+            OutputFormat::Text => outln!(
                 "leader fsyncs during the run: {}",
                 fsyncs_after.saturating_sub(fsyncs_before)
             ),
@@ -345,7 +345,7 @@ pub fn failover(global: &GlobalArgs, trials: usize, data_dir: Option<&Path>) -> 
             let took = killed_at.elapsed();
             samples.push(took);
             if global.output == OutputFormat::Text {
-                println!(
+                outln!(
                     "trial {:>2}: killed leader {leader}, new leader committed after {:.0} ms",
                     trial + 1,
                     took.as_secs_f64() * 1e3
@@ -373,12 +373,12 @@ pub fn failover(global: &GlobalArgs, trials: usize, data_dir: Option<&Path>) -> 
     })?;
     let p = percentiles(&mut samples);
     match global.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::json!({"bench": "failover", "trials": trials, "p50_ms": p.p50_us / 1e3,
                 "p99_ms": p.p99_us / 1e3, "max_ms": p.max_us / 1e3})
         ),
-        OutputFormat::Text => println!(
+        OutputFormat::Text => outln!(
             "failover over {trials} trials: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             p.p50_us / 1e3,
             p.p99_us / 1e3,

@@ -59,6 +59,17 @@ pub enum Command {
         after_help = "Example (three terminals):\n  shoal server --id 1 --data-dir /tmp/s1 --listen 127.0.0.1:7001 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003\n  shoal server --id 2 --data-dir /tmp/s2 --listen 127.0.0.1:7002 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003\n  shoal server --id 3 --data-dir /tmp/s3 --listen 127.0.0.1:7003 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
     )]
     Server(ServerArgs),
+    /// Run a whole local cluster (N `shoal server` child processes) for development.
+    #[command(
+        after_help = "Example:\n  shoal dev --nodes 3\n  export SHOAL_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    Dev(crate::dev::DevArgs),
+    /// Read and write the coordination store: put, get, del, cas, txn, watch, compact.
+    #[command(subcommand)]
+    Kv(crate::kv::KvCommand),
+    /// Leases: keys attached to a lease vanish when it expires (sessions, ephemeral keys).
+    #[command(subcommand)]
+    Lease(crate::kv::LeaseCommand),
     /// Inspect and operate the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),

@@ -133,28 +133,28 @@ pub fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result<()> {
 
 fn report(global: &GlobalArgs, value: serde_json::Value, text: &str) {
     match global.output {
-        OutputFormat::Json => println!("{value}"),
-        OutputFormat::Text => println!("{text}"),
+        OutputFormat::Json => outln!("{value}"),
+        OutputFormat::Text => outln!("{text}"),
     }
 }
 
 fn print_status(global: &GlobalArgs, status: &GroupStatus) {
     if global.output == OutputFormat::Json {
-        println!("{}", status_json(status));
+        outln!("{}", status_json(status));
         return;
     }
     match status.leader {
-        Some(leader) => println!(
+        Some(leader) => outln!(
             "leader: node {leader} ({}), term {}",
             status.leader_addr.as_deref().unwrap_or("address unknown"),
             status.term
         ),
-        None => println!(
+        None => outln!(
             "leader: none (election in progress or no quorum), term {}",
             status.term
         ),
     }
-    println!(
+    outln!(
         "log: first {} last {} commit {} applied {} snapshot {}",
         status.first_index,
         status.last_index,
@@ -162,7 +162,7 @@ fn print_status(global: &GlobalArgs, status: &GroupStatus) {
         status.applied_index,
         status.snapshot_index
     );
-    println!("members:");
+    outln!("members:");
     for id in status
         .membership
         .voters
@@ -180,7 +180,7 @@ fn print_status(global: &GlobalArgs, status: &GroupStatus) {
             .find(|p| p.id == *id)
             .map(|p| format!(" match {}", p.match_index))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {id} {kind} {}{progress}",
             status.addresses.get(id).map_or("?", String::as_str)
         );

@@ -47,7 +47,7 @@ async fn start_member(
 }
 
 fn say(started: Instant, text: &str) {
-    println!("[{:>6.3} s] {text}", started.elapsed().as_secs_f64());
+    outln!("[{:>6.3} s] {text}", started.elapsed().as_secs_f64());
 }
 
 async fn wait_for_leader(members: &BTreeMap<NodeId, Member>, not: Option<NodeId>) -> anyhow::Result<NodeId> {
@@ -97,7 +97,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn demo(data_dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!(
+    outln!(
         "Shoal demo: a 3-node Raft cluster on loopback, data in {}",
         data_dir.display()
     );

@@ -1,11 +1,26 @@
 //! `shoal`: the one binary. Glue only: parse the command line, set up tracing, run the command,
 //! exit with a deliberate code (0 success, 1 failure with a one-line reason, 2 usage error).
 
+/// `println!` that ends the process quietly when stdout is closed (`shoal kv get … | head`).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod bench;
 mod bench_kv;
 mod cli;
 mod cluster;
 mod demo;
+mod dev;
+mod kv;
 mod server;
 
 use std::process::ExitCode;
@@ -70,6 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::raft_cluster(&cli.global, &proposers, duration, payload_bytes)?;
         }
         Command::Cluster(command) => cluster::run(&cli.global, command)?,
+        Command::Kv(command) => return kv::run(&cli.global, command),
+        Command::Lease(command) => return kv::run_lease(&cli.global, command),
+        Command::Dev(args) => dev::run(args)?,
         Command::Bench(BenchCommand::Kv(args)) => bench_kv::run(&cli.global, args)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -280,26 +280,33 @@ async fn propose_internal(
         .await
 }
 
+/// NOT_LEADER, with the leader's address when known, unless this member leads.
+pub(crate) async fn require_leader(inner: &Arc<Inner>) -> Result<(), proto::Error> {
+    let state = inner.group.state();
+    if state.role == Role::Leader {
+        return Ok(());
+    }
+    let addr = match state.leader {
+        Some(leader) => inner
+            .group
+            .status()
+            .await
+            .ok()
+            .and_then(|s| s.addresses.get(&leader).cloned()),
+        None => None,
+    };
+    Err(proto::Error {
+        code: ErrorCode::NotLeader as i32,
+        message: "lease deadlines live on the leader; ask the leader".to_string(),
+        leader_id: state.leader.map_or(0, |id| id.0),
+        leader_addr: addr.unwrap_or_default(),
+    })
+}
+
 /// Keep-alive at the leader: the lease's deadline moves to now + TTL.
 pub(crate) async fn keep_alive(inner: &Arc<Inner>, id: i64) -> Result<i64, proto::Error> {
+    require_leader(inner).await?;
     let state = inner.group.state();
-    if state.role != Role::Leader {
-        let addr = match state.leader {
-            Some(leader) => inner
-                .group
-                .status()
-                .await
-                .ok()
-                .and_then(|s| s.addresses.get(&leader).cloned()),
-            None => None,
-        };
-        return Err(proto::Error {
-            code: ErrorCode::NotLeader as i32,
-            message: "lease keep-alives go to the leader".to_string(),
-            leader_id: state.leader.map_or(0, |id| id.0),
-            leader_addr: addr.unwrap_or_default(),
-        });
-    }
     let ttl = inner
         .group
         .read_local(move |s| {
@@ -328,6 +335,18 @@ pub(crate) async fn keep_alive(inner: &Arc<Inner>, id: i64) -> Result<i64, proto
         .deadlines
         .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
     Ok(ttl)
+}
+
+/// Starts a just-granted lease's deadline at once (the periodic sync would within
+/// 100 ms), so its remaining time is known from the start.
+pub(crate) fn start_deadline(inner: &Arc<Inner>, id: i64, ttl_seconds: i64) {
+    let mut clock = lock(&inner.leases);
+    if clock.term.is_some() {
+        clock
+            .deadlines
+            .entry(id)
+            .or_insert_with(|| Instant::now() + Duration::from_secs(ttl_seconds.max(0) as u64));
+    }
 }
 
 /// Remaining time of a lease as this member (if leader) sees it, -1 otherwise.

@@ -88,6 +88,9 @@ impl MetaServer {
         options: ServerOptions,
         mut store: MetaStore,
     ) -> shoal_raft_runtime::Result<MetaServer> {
+        let mut config = config;
+        // A request at the size limit, with its envelope, must fit in one log entry.
+        config.raft.entry_bytes_max = config.raft.entry_bytes_max.max(REQUEST_BYTES_MAX + 64 * 1024);
         let (applied_tx, applied) = tokio_watch::channel(AppliedInfo::default());
         store.set_observer(move |info| {
             applied_tx.send_replace(info);
@@ -153,6 +156,7 @@ impl MetaServer {
                 ),
             )));
         }
+        check_sizes(&command).map_err(status)?;
         if adds_data(&command) {
             let size_bytes = self.inner.applied.borrow().size_bytes;
             if size_bytes >= self.inner.options.quota_bytes {
@@ -176,6 +180,12 @@ impl MetaServer {
         }
     }
 
+    /// Refuses with NOT_LEADER (and the leader's address) unless this member leads: lease
+    /// deadlines live only on the leader.
+    async fn require_leader(&self) -> Result<(), Status> {
+        leader::require_leader(&self.inner).await.map_err(status)
+    }
+
     async fn read<R: Send + 'static>(
         &self,
         serializable: bool,
@@ -193,6 +203,31 @@ impl MetaServer {
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Refuses oversized keys and values before they reach the log (the state machine checks
+/// again, deterministically).
+fn check_sizes(command: &Command) -> Result<(), proto::Error> {
+    let check_op = |op: &proto::RequestOp| match &op.request {
+        Some(proto::request_op::Request::Put(put)) => store::check_key_value(&put.key, put.value.len()),
+        _ => Ok(()),
+    };
+    match &command.op {
+        Some(command::Op::Put(put)) => store::check_key_value(&put.key, put.value.len()),
+        Some(command::Op::Txn(txn)) => {
+            let n_ops = txn.compare.len() + txn.success.len() + txn.failure.len();
+            if n_ops > TXN_OPS_MAX {
+                return Err(store::error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the transaction has {n_ops} compares and operations; the limit is {TXN_OPS_MAX}"
+                    ),
+                ));
+            }
+            txn.success.iter().chain(&txn.failure).try_for_each(check_op)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether a command can make the store bigger (refused over the quota).
@@ -244,6 +279,9 @@ pub fn raft_error(error: RaftError) -> proto::Error {
         },
         RaftError::LeadershipLost { .. } | RaftError::Timeout => {
             store::error(ErrorCode::UnknownOutcome, text)
+        }
+        RaftError::Rejected(shoal_raft::ProposeError::TooLarge { .. }) => {
+            store::error(ErrorCode::TooLarge, text)
         }
         RaftError::Busy | RaftError::Dropped { .. } | RaftError::Shutdown | RaftError::Rejected(_) => {
             store::error(ErrorCode::Unavailable, text)
@@ -352,6 +390,9 @@ impl proto::kv_server::Kv for MetaServer {
             )));
         }
         let mut reply = self.write(command).await?;
+        if let command_reply::Reply::LeaseGrant(grant) = &reply {
+            leader::start_deadline(&self.inner, grant.id, grant.ttl_seconds);
+        }
         set_reply_header(&mut reply, |h| self.header(h));
         Ok(Response::new(CommandReply { reply: Some(reply) }))
     }
@@ -394,6 +435,7 @@ impl proto::lease_server::Lease for MetaServer {
             command_reply::Reply::LeaseGrant(r) => Some(r),
             _ => None,
         })?;
+        leader::start_deadline(&self.inner, response.id, response.ttl_seconds);
         response.header = Some(self.header(response.header));
         Ok(Response::new(response))
     }
@@ -431,6 +473,7 @@ impl proto::lease_server::Lease for MetaServer {
         &self,
         request: Request<proto::LeaseTimeToLiveRequest>,
     ) -> Result<Response<proto::LeaseTimeToLiveResponse>, Status> {
+        self.require_leader().await?;
         let request = request.into_inner();
         let mut lease = self
             .read(true, move |store| store.lease_status(request.id, request.keys))
@@ -447,6 +490,7 @@ impl proto::lease_server::Lease for MetaServer {
         &self,
         _request: Request<proto::LeaseListRequest>,
     ) -> Result<Response<proto::LeaseListResponse>, Status> {
+        self.require_leader().await?;
         let leases = self.read(true, |store| store.leases()).await?;
         let leases = leases
             .into_iter()
