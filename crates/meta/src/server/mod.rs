@@ -48,6 +48,9 @@ pub struct ServerOptions {
     pub lease_checkpoint_interval: Duration,
     /// How often the leader compares the members' state hashes. Default 1 minute.
     pub hash_check_interval: Duration,
+    /// A watcher that leaves its buffer full this long is cut off. Default
+    /// [`WATCH_SEND_STALL_MAX`].
+    pub watch_stall_max: Duration,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +60,7 @@ impl Default for ServerOptions {
             auto_compaction_period: Some(Duration::from_secs(3600)),
             lease_checkpoint_interval: Duration::from_secs(2),
             hash_check_interval: Duration::from_secs(60),
+            watch_stall_max: WATCH_SEND_STALL_MAX,
         }
     }
 }

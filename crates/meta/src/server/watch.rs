@@ -211,20 +211,18 @@ impl MetaServer {
                 error: None,
                 compact_revision: 0,
             };
-            match tokio::time::timeout(WATCH_SEND_STALL_MAX, tx.send(Ok(response))).await {
+            match tokio::time::timeout(self.inner.options.watch_stall_max, tx.send(Ok(response))).await {
                 Ok(Ok(())) => last_sent = tokio::time::Instant::now(),
                 Ok(Err(_)) => return Ok(()),
-                Err(_) => {
-                    return Err(status(store::error(
-                        ErrorCode::TooManyRequests,
-                        format!(
-                            "the watcher read nothing for {} s with {WATCH_BUFFER_RESPONSES_MAX} responses \
+                Err(_) => return Err(status(store::error(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "the watcher read nothing for {:.1} s with {WATCH_BUFFER_RESPONSES_MAX} responses \
                              waiting, so the server cut it off; resume the watch from the revision after \
                              the last one received",
-                            WATCH_SEND_STALL_MAX.as_secs(),
-                        ),
-                    )))
-                }
+                        self.inner.options.watch_stall_max.as_secs_f64(),
+                    ),
+                ))),
             }
         }
     }

@@ -66,6 +66,8 @@ pub struct MetaStore {
     n_alarm_changes: u64,
     applied_index: u64,
     observer: Option<Observer>,
+    /// Test-only fault: store every put's value reversed (a replica that diverges).
+    fault_reverse_values: bool,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> proto::Error {
@@ -108,6 +110,16 @@ pub fn check_key_value(key: &[u8], value_len: usize) -> OpResult<()> {
 impl MetaStore {
     pub fn new() -> MetaStore {
         MetaStore::default()
+    }
+
+    /// A store that silently diverges from its peers: every value it stores is reversed.
+    /// Only for testing divergence detection.
+    #[doc(hidden)]
+    pub fn with_divergence_fault() -> MetaStore {
+        MetaStore {
+            fault_reverse_values: true,
+            ..MetaStore::default()
+        }
     }
 
     /// Calls `observer` after every apply and restore (on the group's thread: keep it quick).
@@ -425,10 +437,13 @@ impl MetaStore {
             put.key
         };
         let old = self.mvcc.get(&key).cloned();
-        let value = match (&old, put.ignore_value) {
+        let mut value = match (&old, put.ignore_value) {
             (Some(old), true) => old.value.clone(),
             _ => put.value,
         };
+        if self.fault_reverse_values {
+            value.reverse();
+        }
         if let Some(old) = &old {
             if old.lease != 0 && old.lease != put.lease {
                 if let Some(lease) = self.leases.get_mut(&old.lease) {
@@ -813,8 +828,10 @@ impl StateMachine for MetaStore {
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         let observer = self.observer.take();
+        let fault_reverse_values = self.fault_reverse_values;
         *self = snapshot::read(input)?;
         self.observer = observer;
+        self.fault_reverse_values = fault_reverse_values;
         self.notify();
         Ok(())
     }

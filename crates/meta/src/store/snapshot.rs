@@ -302,5 +302,6 @@ pub(super) fn read(input: &mut dyn Read) -> io::Result<MetaStore> {
         n_alarm_changes: header.n_alarm_changes,
         applied_index: header.applied_index,
         observer: None,
+        fault_reverse_values: false,
     })
 }
