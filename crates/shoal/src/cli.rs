@@ -120,7 +120,8 @@ pub struct ServerArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Show the members, the leader, term, commit and applied indexes.
+    /// Show the members, the leader, term, commit and applied indexes, and the store's
+    /// revision, size, quota and alarms.
     #[command(
         after_help = "Example:\n  shoal cluster status --endpoints 127.0.0.1:7001,127.0.0.1:7002 -o json"
     )]
@@ -134,6 +135,17 @@ pub enum ClusterCommand {
     /// Add, promote or remove members, one at a time.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Back up the coordination store.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Stream a consistent snapshot of the store from a member to FILE (checksummed; written
+    /// to FILE.partial, then renamed).
+    #[command(after_help = "Example:\n  shoal cluster snapshot save backup.snap --endpoints 127.0.0.1:7001")]
+    Save { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

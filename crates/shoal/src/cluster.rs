@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 use serde_json::json;
+use shoal_meta::proto::StatusResponse;
 use shoal_raft::{NodeId, Role};
 use shoal_raft_runtime::{ClientOptions, GroupStatus, MembershipChange, RaftClient};
 
-use crate::cli::{ClusterCommand, GlobalArgs, MemberCommand, OutputFormat};
+use crate::cli::{ClusterCommand, GlobalArgs, MemberCommand, OutputFormat, SnapshotCommand};
 use crate::server::META_GROUP_ID;
 
 pub fn client(global: &GlobalArgs) -> anyhow::Result<RaftClient> {
@@ -69,7 +70,34 @@ pub fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result<()> {
         match command {
             ClusterCommand::Status => {
                 let status = client.status().await.context("cluster status")?;
-                print_status(global, &status);
+                // The store's side (revision, size, alarms) from the member that answered.
+                let endpoint = status
+                    .leader_addr
+                    .clone()
+                    .unwrap_or_else(|| global.endpoints[0].clone());
+                let store = crate::kv::meta_client(global)?.status_at(&endpoint).await.ok();
+                print_status(global, &status, store.as_ref());
+            }
+            ClusterCommand::Snapshot(SnapshotCommand::Save { file }) => {
+                let meta = crate::kv::meta_client(global)?;
+                let partial = file.with_extension("partial");
+                let mut out = std::io::BufWriter::new(
+                    std::fs::File::create(&partial)
+                        .with_context(|| format!("cannot create {}", partial.display()))?,
+                );
+                let (n_bytes, revision) = meta.snapshot(&mut out).await.context("snapshot save")?;
+                let out = out.into_inner().context("writing the snapshot")?;
+                out.sync_all().context("syncing the snapshot")?;
+                std::fs::rename(&partial, &file)
+                    .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
+                report(
+                    global,
+                    json!({"file": file.display().to_string(), "bytes": n_bytes, "revision": revision}),
+                    &format!(
+                        "saved a snapshot at revision {revision} ({n_bytes} bytes) to {}",
+                        file.display()
+                    ),
+                );
             }
             ClusterCommand::TransferLeader { id } => {
                 client
@@ -138,9 +166,23 @@ fn report(global: &GlobalArgs, value: serde_json::Value, text: &str) {
     }
 }
 
-fn print_status(global: &GlobalArgs, status: &GroupStatus) {
+fn print_status(global: &GlobalArgs, status: &GroupStatus, store: Option<&StatusResponse>) {
     if global.output == OutputFormat::Json {
-        outln!("{}", status_json(status));
+        let mut value = status_json(status);
+        if let Some(store) = store {
+            value["revision"] = json!(store.header.as_ref().map_or(0, |h| h.revision));
+            value["compact_revision"] = json!(store.compact_revision);
+            value["db_size_bytes"] = json!(store.db_size_bytes);
+            value["quota_bytes"] = json!(store.quota_bytes);
+            value["n_keys"] = json!(store.n_keys);
+            value["n_leases"] = json!(store.n_leases);
+            value["alarms"] = json!(store
+                .alarms
+                .iter()
+                .map(|a| json!({"member": a.member_id, "alarm": "CORRUPT", "revision": a.revision, "message": a.message}))
+                .collect::<Vec<_>>());
+        }
+        outln!("{value}");
         return;
     }
     match status.leader {
@@ -162,6 +204,25 @@ fn print_status(global: &GlobalArgs, status: &GroupStatus) {
         status.applied_index,
         status.snapshot_index
     );
+    if let Some(store) = store {
+        outln!(
+            "store: revision {} (compacted below {}), {} keys, {} leases, {} of {} quota bytes used",
+            store.header.as_ref().map_or(0, |h| h.revision),
+            store.compact_revision,
+            store.n_keys,
+            store.n_leases,
+            store.db_size_bytes,
+            store.quota_bytes
+        );
+        for alarm in &store.alarms {
+            outln!(
+                "ALARM: member {} diverged at revision {}: {}",
+                alarm.member_id,
+                alarm.revision,
+                alarm.message
+            );
+        }
+    }
     outln!("members:");
     for id in status
         .membership

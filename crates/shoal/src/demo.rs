@@ -1,16 +1,22 @@
-//! `shoal demo`: a local 3-node Raft cluster in this process, on loopback ports with real
-//! fsync, narrated step by step: election, commits, the leader's crash, re-election, the old
-//! leader's restart and catch-up, and a final check that every node holds the same data.
+//! `shoal demo`: a local 3-member coordination store in this process, on loopback ports with
+//! real fsync, narrated step by step: election; writes, a compare-and-swap, a watch and an
+//! ephemeral key on a lease; the leader's crash while a client keeps writing; re-election;
+//! the watch and the lease surviving it; the old leader's restart and catch-up; and a final
+//! check that every member holds the same state (equal state hashes at one revision).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use shoal_meta::client::{ClientOptions, MetaClient};
+use shoal_meta::proto;
+use shoal_meta::server::{MetaServer, ServerOptions};
+use shoal_meta::store::{prefix_end, MetaStore};
 use shoal_raft::{NodeId, Role};
-use shoal_raft_runtime::{
-    KvCommand, KvStateMachine, NodeOptions, RaftGroup, RaftNode, TICK_INTERVAL_DEFAULT,
-};
+use shoal_raft_runtime::{NodeOptions, RaftNode, TICK_INTERVAL_DEFAULT};
 
 use crate::cli::DemoArgs;
 use crate::server::group_config;
@@ -20,8 +26,8 @@ const WAIT_MAX: Duration = Duration::from_secs(10);
 
 struct Member {
     node: RaftNode,
-    group: RaftGroup<KvStateMachine>,
-    server: tokio::task::JoinHandle<()>,
+    server: MetaServer,
+    serving: tokio::task::JoinHandle<()>,
 }
 
 async fn start_member(
@@ -31,19 +37,24 @@ async fn start_member(
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<Member> {
     let node = RaftNode::new(NodeOptions::new(id, peers.clone()))?;
-    let group = node.start_group(
-        group_config(
-            &data_dir.join(format!("node-{id}")),
-            peers.keys().copied(),
-            TICK_INTERVAL_DEFAULT,
-        ),
-        KvStateMachine::new(),
-    )?;
-    let serving = node.clone();
-    let server = tokio::spawn(async move {
-        let _ = serving.serve(listener, std::future::pending()).await;
+    let config = group_config(
+        &data_dir.join(format!("node-{id}")),
+        peers.keys().copied(),
+        TICK_INTERVAL_DEFAULT,
+    );
+    let server = MetaServer::start(&node, config, ServerOptions::default(), MetaStore::new())?;
+    let routes = server.routes();
+    let serving_node = node.clone();
+    let serving = tokio::spawn(async move {
+        let _ = serving_node
+            .serve_with(listener, std::future::pending(), routes)
+            .await;
     });
-    Ok(Member { node, group, server })
+    Ok(Member {
+        node,
+        server,
+        serving,
+    })
 }
 
 fn say(started: Instant, text: &str) {
@@ -54,8 +65,7 @@ async fn wait_for_leader(members: &BTreeMap<NodeId, Member>, not: Option<NodeId>
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         for (id, member) in members {
-            let state = member.group.state();
-            if state.role == Role::Leader && Some(*id) != not {
+            if member.server.group().state().role == Role::Leader && Some(*id) != not {
                 return Ok(*id);
             }
         }
@@ -64,19 +74,6 @@ async fn wait_for_leader(members: &BTreeMap<NodeId, Member>, not: Option<NodeId>
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-async fn put(group: &RaftGroup<KvStateMachine>, key: &str, value: &str) -> anyhow::Result<()> {
-    let command = KvCommand::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    }
-    .encode();
-    group
-        .propose(command)
-        .await
-        .with_context(|| format!("put {key}"))?;
-    Ok(())
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -98,7 +95,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn demo(data_dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     outln!(
-        "Shoal demo: a 3-node Raft cluster on loopback, data in {}",
+        "Shoal demo: a 3-member coordination store (Raft + MVCC) on loopback, data in {}",
         data_dir.display()
     );
     let mut listeners = BTreeMap::new();
@@ -115,81 +112,179 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
         members.insert(id, start_member(id, &peers, data_dir, listener).await?);
         say(
             started,
-            &format!("node {id} started on {} (write-ahead log with fsync)", peers[&id]),
+            &format!(
+                "member {id} started on {} (write-ahead log with fsync)",
+                peers[&id]
+            ),
         );
     }
+    let endpoints: Vec<String> = peers.values().cloned().collect();
+    let client = MetaClient::with_options(
+        endpoints.clone(),
+        ClientOptions {
+            request_timeout: Duration::from_secs(1),
+            retry_timeout: WAIT_MAX,
+            ..ClientOptions::default()
+        },
+    )?;
 
     let leader = wait_for_leader(&members, None).await?;
-    let term = members[&leader].group.state().term;
+    let term = members[&leader].server.group().state().term;
     say(
         started,
-        &format!("node {leader} won the election for term {term} (pre-vote, then a vote)"),
+        &format!("member {leader} won the election for term {term} (pre-vote, then a vote)"),
     );
 
-    for i in 1..=5 {
-        put(
-            &members[&leader].group,
-            &format!("greeting/{i}"),
-            &format!("hello #{i}"),
-        )
-        .await?;
-    }
-    let commit = members[&leader].group.status().await?.commit_index;
+    // A watcher on config/, which will have to survive the leader's crash.
+    let mut watcher = client
+        .watch(proto::WatchRequest {
+            key: b"config/".to_vec(),
+            range_end: prefix_end(b"config/"),
+            ..Default::default()
+        })
+        .await
+        .context("watch")?;
+    let n_events = Arc::new(AtomicU64::new(0));
+    let watch_task = {
+        let n_events = n_events.clone();
+        tokio::spawn(async move {
+            loop {
+                match watcher.next().await {
+                    Ok(response) => {
+                        n_events.fetch_add(response.events.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err::<(), _>(e),
+                }
+            }
+        })
+    };
     say(
         started,
-        &format!("5 writes committed on a quorum and applied; commit index {commit}"),
+        "a client watches config/ (every change, in order, exactly once)",
+    );
+
+    let put = client.put("config/db", "postgres://db-1").await.context("put")?;
+    say(
+        started,
+        &format!(
+            "put config/db at revision {} (committed on a quorum, fsynced)",
+            put.header.map_or(0, |h| h.revision)
+        ),
+    );
+    let swapped = client
+        .cas(b"config/db", b"postgres://db-1", b"postgres://db-2")
+        .await
+        .context("cas")?;
+    let refused = client
+        .cas(b"config/db", b"postgres://db-1", b"postgres://db-3")
+        .await
+        .context("cas")?;
+    say(
+        started,
+        &format!("compare-and-swap db-1 -> db-2: {swapped}; a second one expecting db-1 again: {refused}"),
+    );
+    let lease = client.lease_grant(10).await.context("lease grant")?.id;
+    client
+        .put_with(proto::PutRequest {
+            key: b"workers/w1".to_vec(),
+            value: b"alive".to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .context("put with lease")?;
+    say(
+        started,
+        &format!("workers/w1 is attached to lease {lease} (TTL 10 s): it vanishes if not kept alive"),
     );
 
     let count = 1000;
     let t = Instant::now();
     let mut handles = Vec::new();
     for i in 0..count {
-        let group = members[&leader].group.clone();
+        let client = client.clone();
         handles.push(tokio::spawn(async move {
-            put(&group, &format!("batch/{i}"), "x").await
+            client.put(format!("batch/{i}"), "x").await
         }));
     }
     for handle in handles {
-        handle.await.context("writer task")??;
+        handle.await.context("writer task")?.context("put")?;
     }
-    let fsyncs = members[&leader].group.n_fsyncs();
+    let fsyncs = members[&leader].server.group().n_fsyncs();
     say(
         started,
         &format!(
-            "{count} concurrent writes committed in {:.0} ms (group commit: the leader has fsynced {fsyncs} times in all)",
+            "{count} concurrent puts committed in {:.0} ms (group commit: the leader has fsynced {fsyncs} times in all)",
             t.elapsed().as_secs_f64() * 1e3
         ),
     );
 
+    // A client keeps writing config/ while the leader crashes.
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                client.put(format!("config/tick/{i}"), i.to_string()).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     say(
         started,
-        &format!("crashing the leader, node {leader} (its server and Raft loop stop)"),
+        &format!("crashing the leader, member {leader}, while a client keeps writing"),
     );
     let crashed_at = Instant::now();
     let old = members.remove(&leader).context("leader present")?;
-    old.server.abort();
+    old.serving.abort();
     old.node.shutdown().await;
     let new_leader = wait_for_leader(&members, Some(leader)).await?;
-    let new_term = members[&new_leader].group.state().term;
+    let new_term = members[&new_leader].server.group().state().term;
     say(
         started,
         &format!(
-            "node {new_leader} elected for term {new_term} {:.0} ms after the crash",
+            "member {new_leader} elected for term {new_term} {:.0} ms after the crash",
             crashed_at.elapsed().as_secs_f64() * 1e3
         ),
     );
-    put(&members[&new_leader].group, "after-failover", "still here").await?;
+    writer
+        .await
+        .context("writer task")?
+        .context("a write during the failover")?;
+    let (_, ticks) = client
+        .get_prefix(b"config/tick/")
+        .await
+        .context("reading the ticks")?;
+    let n_once = ticks.iter().filter(|kv| kv.version == 1).count();
     say(
         started,
         &format!(
-            "first write under the new leader committed {:.0} ms after the crash (quorum: 2 of 3)",
-            crashed_at.elapsed().as_secs_f64() * 1e3
+            "the writing client finished its 40 puts through the failover; {} keys, {n_once} written exactly once",
+            ticks.len()
+        ),
+    );
+    if ticks.len() != 40 || n_once != 40 {
+        bail!(
+            "a write during the failover was lost or applied twice: {} keys, {n_once} at version 1",
+            ticks.len()
+        );
+    }
+    let lease_left = client
+        .lease_time_to_live(lease, false)
+        .await
+        .context("lease ttl")?;
+    say(
+        started,
+        &format!(
+            "lease {lease} kept its remaining time across the failover: {:.1} s left (not reset to 10 s)",
+            lease_left.remaining_ms as f64 / 1000.0
         ),
     );
 
     say(
         started,
-        &format!("restarting node {leader} from its data directory"),
+        &format!("restarting member {leader} from its data directory"),
     );
     let listener = loop {
         match tokio::net::TcpListener::bind(&peers[&leader]).await {
@@ -199,60 +294,75 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
         }
     };
     members.insert(leader, start_member(leader, &peers, data_dir, listener).await?);
-    let target = members[&new_leader].group.state().commit_index;
+    let target = members[&new_leader].server.group().state().commit_index;
     members[&leader]
-        .group
+        .server
+        .group()
         .wait_for(WAIT_MAX, |s| s.applied_index >= target)
         .await
-        .context("the restarted node catching up")?;
+        .context("the restarted member catching up")?;
     say(
         started,
-        &format!("node {leader} caught up to index {target} as a follower"),
+        &format!("member {leader} caught up to log index {target} as a follower"),
     );
 
-    let mut views = Vec::new();
-    for (id, member) in &members {
-        let view = member
-            .group
-            .read_local(|sm: &KvStateMachine| {
-                (
-                    sm.len(),
-                    sm.get(b"after-failover").cloned(),
-                    sm.get(b"greeting/1").cloned(),
-                )
-            })
-            .await?;
-        views.push((*id, member.group.state().applied_index, view));
+    let expected_events = 2 + 40;
+    let deadline = Instant::now() + WAIT_MAX;
+    while n_events.load(Ordering::Relaxed) < expected_events && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let reference = &views[0].2;
-    let all_same = views.iter().all(|(_, _, view)| view == reference);
-    for (id, applied, (n_keys, _, _)) in &views {
-        say(
-            started,
-            &format!("node {id}: applied index {applied}, {n_keys} keys"),
-        );
-    }
-    let linear = members[&new_leader]
-        .group
-        .read(|sm: &KvStateMachine| sm.get(b"after-failover").cloned())
-        .await?;
+    let seen = n_events.load(Ordering::Relaxed);
+    watch_task.abort();
     say(
         started,
         &format!(
-            "linearizable read (ReadIndex) of after-failover: {:?}",
-            linear.map(|v| String::from_utf8_lossy(&v).to_string())
+            "the watcher received {seen} of {expected_events} config/ events, across the crash, none twice"
         ),
     );
+
+    let revision = client
+        .get("config/db")
+        .await?
+        .map_or(0, |kv| kv.mod_revision)
+        .max(
+            client
+                .range(proto::RangeRequest {
+                    key: b"config/".to_vec(),
+                    range_end: prefix_end(b"config/"),
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await?
+                .header
+                .map_or(0, |h| h.revision),
+        );
+    let mut hashes = Vec::new();
+    for (id, addr) in &peers {
+        let hash = client.hash_kv_at(addr, revision).await.context("hash")?;
+        say(
+            started,
+            &format!(
+                "member {id}: state hash at revision {revision} = {:016x}",
+                hash.hash
+            ),
+        );
+        hashes.push(hash.hash);
+    }
+    let value = client
+        .get("config/db")
+        .await?
+        .map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+    say(started, &format!("linearizable read of config/db: {value:?}"));
     for member in members.values() {
-        member.server.abort();
+        member.serving.abort();
         member.node.shutdown().await;
     }
-    if !all_same {
-        bail!("the nodes disagree: {views:?}");
+    if seen != expected_events || hashes.windows(2).any(|w| w[0] != w[1]) {
+        bail!("the demo found a problem: {seen} of {expected_events} events, hashes {hashes:x?}");
     }
     say(
         started,
-        "every node holds the same data: the cluster survived its leader's crash",
+        "every member holds the same state: the store survived the loss of its leader",
     );
     Ok(())
 }
