@@ -47,6 +47,8 @@ const HISTOGRAM_BOUNDS_MS: [f64; 17] = [
     0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0,
     20_000.0,
 ];
+/// Mixed into `--seed` for the value's bytes, so the value does not repeat the key order.
+const VALUE_SEED_SALT: u64 = 0x5EED_0000_7A1E_0000;
 /// Error messages longer than this are cut in the error table (etcd's are short fixed
 /// strings; a longer one would only repeat details of one request).
 const ERROR_KIND_CHARS_MAX: usize = 80;
@@ -277,7 +279,8 @@ enum Routing {
 #[derive(Clone)]
 enum Conn {
     Shoal(MetaClient),
-    Etcd(etcd_client::Client),
+    /// Boxed: etcd's client holds eight service clients.
+    Etcd(Box<etcd_client::Client>),
 }
 
 /// A request's failure, as the kind it is counted under.
@@ -451,11 +454,11 @@ async fn connect(
                     None => endpoints[first].clone(),
                 };
                 let options = etcd_client::ConnectOptions::new().with_timeout(global.timeout);
-                Conn::Etcd(
+                Conn::Etcd(Box::new(
                     etcd_client::Client::connect([endpoint.as_str()], Some(options))
                         .await
                         .with_context(|| format!("connecting to etcd at {endpoint}"))?,
-                )
+                ))
             }
         };
         within(
@@ -537,7 +540,7 @@ async fn run_requests(global: &GlobalArgs, args: &BenchKvArgs) -> anyhow::Result
         Routing::Leader
     };
     let conns = connect(global, args.target, routing, args.conns, args.serializable).await?;
-    let value = value_of(&mut Rng::new(args.seed ^ 0x5EED_0F_7A1E), args.val_size);
+    let value = value_of(&mut Rng::new(args.seed ^ VALUE_SEED_SALT), args.val_size);
     if matches!(args.workload, Workload::Get | Workload::TxnCas) {
         populate(global, args, &conns, &value).await?;
     }
@@ -706,7 +709,7 @@ async fn run_watch(global: &GlobalArgs, args: &BenchKvArgs) -> anyhow::Result<Re
         .await?
         .remove(0);
     let conns = connect(global, args.target, Routing::Spread, args.conns, true).await?;
-    let value = value_of(&mut Rng::new(args.seed ^ 0x5EED_0F_7A1E), args.val_size);
+    let value = value_of(&mut Rng::new(args.seed ^ VALUE_SEED_SALT), args.val_size);
 
     // Open every watch before the first put; each watcher runs until told to stop.
     let n_received = Arc::new(AtomicU64::new(0));
@@ -837,7 +840,7 @@ async fn run_watch(global: &GlobalArgs, args: &BenchKvArgs) -> anyhow::Result<Re
         .iter()
         .map(|p| (p.acked - p.sent).as_nanos() as u64)
         .collect();
-    Ok(Report::Watch(WatchReport {
+    Ok(Report::Watch(Box::new(WatchReport {
         write_seconds,
         delivery_seconds,
         rate_per_s,
@@ -850,7 +853,7 @@ async fn run_watch(global: &GlobalArgs, args: &BenchKvArgs) -> anyhow::Result<Re
         watch_errors,
         after_ack: LatencySummary::of(&mut after_ack_ns),
         after_send: LatencySummary::of(&mut after_send_ns),
-    }))
+    })))
 }
 
 // ----- reports -----
@@ -980,7 +983,7 @@ struct WatchReport {
 
 enum Report {
     Requests(RequestsReport),
-    Watch(WatchReport),
+    Watch(Box<WatchReport>),
 }
 
 fn describe(global: &GlobalArgs, args: &BenchKvArgs) -> String {
