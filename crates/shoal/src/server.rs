@@ -52,6 +52,41 @@ fn validate_addr(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file in a data dir that names the cluster it belongs to: the initial `--peers`.
+const CLUSTER_FILE: &str = "cluster";
+
+/// Refuses a data dir created for another cluster (other initial members or addresses):
+/// starting on it would mix two clusters' logs. The first start records the cluster.
+fn check_cluster_identity(data_dir: &Path, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+    let identity = peers
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let path = data_dir.join(CLUSTER_FILE);
+    let recorded = shoal_wal::read_file_atomic(data_dir, CLUSTER_FILE)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    match recorded {
+        Some(recorded) if recorded.trim() == identity => Ok(()),
+        Some(recorded) => bail!(
+            "--data-dir {} belongs to another cluster (created with --peers {}), not --peers {identity}; \
+             start it with its own --peers, or give this member an empty --data-dir",
+            data_dir.display(),
+            recorded.trim()
+        ),
+        None => {
+            let group_dir = data_dir.join("raft-group-1");
+            if group_dir.exists() {
+                // A data dir from before the cluster file existed: adopt it.
+                tracing::warn!(dir = %data_dir.display(), "recording the cluster identity of an existing data dir");
+            }
+            shoal_wal::write_file_atomic(data_dir, CLUSTER_FILE, identity.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+    }
+}
+
 pub fn group_config(
     data_dir: &Path,
     voters: impl IntoIterator<Item = NodeId>,
@@ -79,6 +114,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     validate_addr(&args.listen).context("invalid --listen")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))?;
+    check_cluster_identity(&args.data_dir, &peers)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use shoal_lincheck::{check, CheckResult, ClientId, KvInput, KvModel, KvOutput, Operation};
-use shoal_meta::proto::{command_reply, CommandReply, RangeRequest};
 use shoal_meta::client::{ClientOptions as MetaClientOptions, Error as MetaError, MetaClient};
+use shoal_meta::proto::{command_reply, CommandReply, RangeRequest};
 use shoal_raft_runtime::{ClientOptions, Error, GroupStatus, RaftClient};
 use tokio::sync::Notify;
 
@@ -649,7 +649,10 @@ async fn run_meta_client(
             let expected = last_seen[&key].clone();
             let new = format!("m{client_idx}-{n_writes}");
             let input = KvInput::cas(&key, Some(&expected), &new);
-            match client.cas(key.as_bytes(), expected.as_bytes(), new.as_bytes()).await {
+            match client
+                .cas(key.as_bytes(), expected.as_bytes(), new.as_bytes())
+                .await
+            {
                 Ok(swapped) => {
                     stats.n_puts_acked += 1;
                     if swapped {
@@ -1076,8 +1079,12 @@ fn run_scenario(options: ScenarioOptions) {
                     history.clone(),
                 );
                 match options.clients {
-                    ClientKind::RaftRaw => tokio::spawn(run_client(args.0, args.1, args.2, args.3, args.4, args.5, args.6)),
-                    ClientKind::Meta => tokio::spawn(run_meta_client(args.0, args.1, args.2, args.3, args.4, args.5, args.6)),
+                    ClientKind::RaftRaw => {
+                        tokio::spawn(run_client(args.0, args.1, args.2, args.3, args.4, args.5, args.6))
+                    }
+                    ClientKind::Meta => tokio::spawn(run_meta_client(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6,
+                    )),
                 }
             })
             .collect();
@@ -1478,4 +1485,301 @@ fn process_cluster_bad_input_errors() {
         "process_cluster_bad_input_errors: ok in {:?}",
         test_started.elapsed()
     );
+}
+
+fn shoal_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(shoal_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("shoal output")
+}
+
+/// Exit code 1 with one line on stderr that contains every one of `needles`.
+fn assert_fails_with(output: &Output, needles: &[&str]) {
+    assert_eq!(output.status.code(), Some(1), "{}", describe(output));
+    let stderr = stderr_text(output);
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line expected: {}",
+        describe(output)
+    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} missing: {}",
+            describe(output)
+        );
+    }
+}
+
+#[test]
+fn process_kv_cli_contract_and_bad_input() {
+    // Goal: the `kv`/`lease` commands keep the contract (JSON shape, text output,
+    // exit 0/1/3, global flags anywhere, non-UTF-8 bytes kept), and every bad input gets a
+    // clear one-line error and changes nothing.
+    let _serial = serialize_cluster_tests();
+    let cluster = ProcessCluster::start(3, 100_000);
+    let endpoints = cluster.endpoints().join(",");
+    let e = endpoints.as_str();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--endpoints", e, "--timeout", "5s"]);
+        shoal(&all)
+    };
+    // Wait until the store serves.
+    let deadline = Instant::now() + WAIT_MAX;
+    while !run(&["kv", "put", "ready", "1"]).status.success() {
+        assert!(Instant::now() < deadline, "the store never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let output = run(&["kv", "put", "greeting", "hello world"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let output = run(&["kv", "get", "greeting"]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hello world\n",
+        "text prints just the value"
+    );
+    for args in [
+        &["kv", "get", "greeting", "--endpoints", e, "-o", "json"][..],
+        &["--endpoints", e, "-o", "json", "kv", "get", "greeting"][..],
+    ] {
+        let output = shoal(args);
+        assert!(output.status.success(), "{}", describe(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        assert!(json["revision"].as_i64().unwrap() >= 2, "{json}");
+        let kv = &json["kvs"][0];
+        assert_eq!(
+            (kv["key"].as_str(), kv["value"].as_str()),
+            (Some("greeting"), Some("hello world"))
+        );
+        for field in ["create_revision", "mod_revision", "version", "lease"] {
+            assert!(kv[field].is_i64(), "{field} missing: {json}");
+        }
+    }
+    let output = run(&["kv", "get", "absent", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["kvs"], serde_json::json!([]), "{json}");
+
+    // Bytes that are not UTF-8 are escaped and kept exactly.
+    let output = shoal_with_stdin(&["kv", "put", "binary", "--endpoints", e], b"a\xffb");
+    assert!(output.status.success(), "{}", describe(&output));
+    let output = run(&["kv", "get", "binary", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["kvs"][0]["value"], "a\\xffb");
+    assert_eq!(json["kvs"][0]["value_base64"], "Yf9i");
+
+    // cas: 0 swapped, 3 compare failed (absent key too), nothing changed on 3.
+    assert_eq!(
+        run(&["kv", "cas", "greeting", "hello world", "hi"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&["kv", "cas", "greeting", "hello world", "nope"])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(run(&["kv", "cas", "absent", "", "x"]).status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["kv", "get", "greeting"]).stdout),
+        "hi\n"
+    );
+    assert_eq!(
+        run(&[
+            "kv",
+            "txn",
+            "--if",
+            "value(greeting) = nope",
+            "--then",
+            "put greeting bad"
+        ])
+        .status
+        .code(),
+        Some(3)
+    );
+
+    // A watch from revision 1 replays history in order.
+    let output = run(&[
+        "kv", "watch", "greeting", "--rev", "1", "--count", "2", "-o", "json",
+    ]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["kv"]["value"], "hello world");
+    assert_eq!(events[1]["kv"]["value"], "hi");
+
+    // Bad input: a clear error, exit 1, and nothing changed.
+    let long_key = "k".repeat(5000);
+    assert_fails_with(&run(&["kv", "put", &long_key, "v"]), &["key", "limit"]);
+    let big = vec![b'v'; 1024 * 1024 + 1];
+    assert_fails_with(
+        &shoal_with_stdin(&["kv", "put", "big", "--endpoints", e], &big),
+        &["value", "limit"],
+    );
+    assert_fails_with(
+        &run(&["kv", "put", "x", "y", "--lease", "424242"]),
+        &["lease 424242"],
+    );
+    assert_fails_with(&run(&["kv", "get", "greeting", "--rev", "999999"]), &["future"]);
+    assert_fails_with(&run(&["lease", "grant", "1"]), &["TTL"]);
+    assert_fails_with(&run(&["lease", "revoke", "424242"]), &["424242"]);
+    assert_fails_with(
+        &run(&["kv", "txn", "--if", "size(k) > 1", "--then", "get k"]),
+        &["size"],
+    );
+    let output = run(&["kv", "get", "x", "--rev", "1"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let compact = run(&["kv", "compact", "3"]);
+    assert!(compact.status.success(), "{}", describe(&compact));
+    assert_fails_with(&run(&["kv", "get", "greeting", "--rev", "1"]), &["compacted"]);
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["kv", "get", "greeting"]).stdout),
+        "hi\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["kv", "get", "big", "-o", "json"]).stdout).expect("JSON");
+    assert_eq!(json["kvs"], serde_json::json!([]), "the refused put left nothing");
+    // A cluster that is not there.
+    let closed = free_addresses(1).remove(0);
+    let started = Instant::now();
+    assert_fails_with(
+        &shoal(&["kv", "get", "k", "--endpoints", &closed, "--timeout", "1s"]),
+        &[closed.as_str()],
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Help teaches.
+    for args in [
+        &["kv", "put", "--help"][..],
+        &["kv", "txn", "--help"][..],
+        &["lease", "grant", "--help"][..],
+    ] {
+        let output = shoal(args);
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Example"),
+            "{}",
+            describe(&output)
+        );
+    }
+    drop(cluster);
+}
+
+#[test]
+fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
+    // Goal: a data dir from another cluster and a WAL with a flipped byte in the middle are
+    // refused at start with a clear error (exit 1), never served.
+    let _serial = serialize_cluster_tests();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let dir = scratch.path().join("member");
+    let dir_text = dir.to_str().expect("UTF-8 path");
+    let addr = free_addresses(1).remove(0);
+    let peers = format!("1={addr}");
+    let mut server = Command::new(shoal_binary())
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--data-dir",
+            dir_text,
+            "--listen",
+            &addr,
+            "--peers",
+            &peers,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server");
+    let deadline = Instant::now() + WAIT_MAX;
+    let value = "v".repeat(2000);
+    let mut n_written = 0;
+    while n_written < 50 {
+        let output = shoal(&[
+            "kv",
+            "put",
+            &format!("k{n_written}"),
+            &value,
+            "--endpoints",
+            &addr,
+            "--timeout",
+            "2s",
+        ]);
+        if output.status.success() {
+            n_written += 1;
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "the single member never served: {}",
+                describe(&output)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    signal(server.id(), "-KILL");
+    let _ = server.wait();
+
+    // Another cluster's --peers on this data dir.
+    let other = free_addresses(2);
+    let other_peers = format!("1={},2={}", other[0], other[1]);
+    let output = shoal(&[
+        "server",
+        "--id",
+        "1",
+        "--data-dir",
+        dir_text,
+        "--listen",
+        &other[0],
+        "--peers",
+        &other_peers,
+    ]);
+    assert_fails_with(&output, &["another cluster", &peers]);
+
+    // A byte flipped in the middle of the WAL.
+    let wal_dir = dir.join("raft-group-1");
+    let segment = std::fs::read_dir(&wal_dir)
+        .expect("group dir")
+        .chain(std::fs::read_dir(wal_dir.join("wal")).into_iter().flatten())
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .unwrap_or_else(|| panic!("no WAL segment under {}", wal_dir.display()));
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let middle = bytes.len() / 3;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&segment, &bytes).expect("write segment");
+    let output = Command::new(shoal_binary())
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--data-dir",
+            dir_text,
+            "--listen",
+            &addr,
+            "--peers",
+            &peers,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run server");
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = stderr_text(&output);
+    assert!(stderr.to_lowercase().contains("corrupt"), "{}", describe(&output));
 }
