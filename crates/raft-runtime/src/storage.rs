@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::wal::{self, SnapshotStore, SnapshotWriter, Wal, WalOptions};
 use shoal_raft::{
-    Entry, EntryKind, HardState, LogIndex, Membership, NodeId, Restore, SnapshotChunk, SnapshotMeta,
+    Entry, EntryKind, HardState, LogIndex, Membership, NodeId, Restore, SnapshotChunk, SnapshotMeta, Term,
 };
 
 use crate::codec;
@@ -338,6 +338,58 @@ impl GroupStorage {
             .compact_prefix(upto.0)
             .map_err(|e| storage_error(format!("compacting the WAL up to {upto}"), e))
     }
+}
+
+/// Creates a group's durable state in the empty directory `dir` from a state machine
+/// snapshot: the log starts after index 1 (term 1), whose snapshot holds `data` and makes
+/// `members` the voters. Every member of a new group seeded this way starts from the same
+/// state (restoring a cluster from a backup).
+pub fn seed_group_from_snapshot(
+    dir: &Path,
+    members: &BTreeMap<NodeId, String>,
+    data: &mut dyn std::io::Read,
+) -> Result<()> {
+    let occupied = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if occupied {
+        return Err(Error::Config(format!(
+            "{} is not empty: a group is seeded only into an empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| storage_error(format!("creating {}", dir.display()), e))?;
+    let voters: Vec<NodeId> = members.keys().copied().collect();
+    if voters.is_empty() {
+        return Err(Error::Config(
+            "a seeded group needs at least one member".to_string(),
+        ));
+    }
+    let meta = SnapshotMeta {
+        index: LogIndex(1),
+        term: Term(1),
+        membership: Membership::new(voters.iter().copied()),
+    };
+    let snapshot_dir = dir.join("snapshots");
+    let snapshots = SnapshotStore::open(&snapshot_dir)
+        .map_err(|e| storage_error(format!("opening snapshots in {}", snapshot_dir.display()), e))?;
+    let mut writer = snapshots
+        .begin(1, &codec::encode_snapshot_record(&meta, members))
+        .map_err(|e| storage_error("starting the seed snapshot", e))?;
+    std::io::copy(data, &mut writer).map_err(|e| storage_error("copying the seed snapshot", e))?;
+    writer
+        .finish()
+        .map_err(|e| storage_error("finishing the seed snapshot", e))?;
+    let hard_state = HardState {
+        term: Term(1),
+        vote: None,
+        commit: LogIndex(1),
+    };
+    wal::write_file_atomic(dir, HARD_STATE_FILE, &codec::encode_hard_state(&hard_state))
+        .map_err(|e| storage_error(format!("writing {}/{HARD_STATE_FILE}", dir.display()), e))?;
+    // The bootstrap file last: its presence says the directory holds a group.
+    wal::write_file_atomic(dir, BOOTSTRAP_FILE, &codec::encode_voters(&voters))
+        .map_err(|e| storage_error(format!("writing {}/{BOOTSTRAP_FILE}", dir.display()), e))
 }
 
 /// A ConfigChange entry that adds a member carries its address.

@@ -146,6 +146,24 @@ pub enum SnapshotCommand {
     /// to FILE.partial, then renamed).
     #[command(after_help = "Example:\n  shoal cluster snapshot save backup.snap --endpoints 127.0.0.1:7001")]
     Save { file: PathBuf },
+    /// Create one member's data dir of a NEW cluster from a saved snapshot (run it for every
+    /// member, with the same --peers; then start the servers with those flags). Contacts no
+    /// cluster.
+    #[command(
+        after_help = "Example (for each of the three new members):\n  shoal cluster snapshot restore backup.snap --id 1 --data-dir /var/lib/shoal-new \\\n        --peers 1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001\n  shoal server --id 1 --data-dir /var/lib/shoal-new --listen 10.0.0.1:7001 --peers …"
+    )]
+    Restore {
+        file: PathBuf,
+        /// This member's id in the new cluster.
+        #[arg(long)]
+        id: u64,
+        /// The new member's data dir (must not hold data yet).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new cluster's members, ID=HOST:PORT,… (the same for every member).
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -60,7 +60,56 @@ fn status_json(status: &GroupStatus) -> serde_json::Value {
     })
 }
 
+/// `cluster snapshot restore`: checks the snapshot, then seeds the member's data dir.
+fn restore_snapshot(
+    global: &GlobalArgs,
+    file: &std::path::Path,
+    id: u64,
+    data_dir: &std::path::Path,
+    peers: &[String],
+) -> anyhow::Result<()> {
+    let peers = crate::server::parse_peers(peers)?;
+    if !peers.contains_key(&NodeId(id)) {
+        anyhow::bail!("--id {id} is not one of the ids in --peers");
+    }
+    let open = || std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()));
+    let mut store = shoal_meta::store::MetaStore::new();
+    shoal_raft_runtime::StateMachine::restore(&mut store, &mut std::io::BufReader::new(open()?))
+        .with_context(|| format!("{} is not a valid store snapshot", file.display()))?;
+    let group_dir = crate::server::group_dir(data_dir);
+    if group_dir.exists() {
+        anyhow::bail!(
+            "{} already holds data; restore into an empty --data-dir",
+            data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    crate::server::check_cluster_identity(data_dir, &peers)?;
+    shoal_raft_runtime::seed_group_from_snapshot(&group_dir, &peers, &mut std::io::BufReader::new(open()?))
+        .with_context(|| format!("seeding {}", group_dir.display()))?;
+    report(
+        global,
+        json!({"revision": store.revision(), "n_keys": store.n_keys(), "data_dir": data_dir.display().to_string()}),
+        &format!(
+            "restored revision {} ({} keys) into {}; start the member with the same --id, --data-dir and --peers",
+            store.revision(),
+            store.n_keys(),
+            data_dir.display()
+        ),
+    );
+    Ok(())
+}
+
 pub fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result<()> {
+    if let ClusterCommand::Snapshot(SnapshotCommand::Restore {
+        file,
+        id,
+        data_dir,
+        peers,
+    }) = &command
+    {
+        return restore_snapshot(global, file, *id, data_dir, peers);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,6 +127,7 @@ pub fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result<()> {
                 let store = crate::kv::meta_client(global)?.status_at(&endpoint).await.ok();
                 print_status(global, &status, store.as_ref());
             }
+            ClusterCommand::Snapshot(SnapshotCommand::Restore { .. }) => unreachable!("handled above"),
             ClusterCommand::Snapshot(SnapshotCommand::Save { file }) => {
                 let meta = crate::kv::meta_client(global)?;
                 let partial = file.with_extension("partial");

@@ -57,7 +57,7 @@ const CLUSTER_FILE: &str = "cluster";
 
 /// Refuses a data dir created for another cluster (other initial members or addresses):
 /// starting on it would mix two clusters' logs. The first start records the cluster.
-fn check_cluster_identity(data_dir: &Path, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+pub fn check_cluster_identity(data_dir: &Path, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
     let identity = peers
         .iter()
         .map(|(id, addr)| format!("{id}={addr}"))
@@ -87,12 +87,17 @@ fn check_cluster_identity(data_dir: &Path, peers: &BTreeMap<NodeId, String>) -> 
     }
 }
 
+/// Where a member keeps the store's Raft group.
+pub fn group_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("raft-group-1")
+}
+
 pub fn group_config(
     data_dir: &Path,
     voters: impl IntoIterator<Item = NodeId>,
     tick: Duration,
 ) -> GroupConfig {
-    let mut config = GroupConfig::new(META_GROUP_ID, data_dir.join("raft-group-1"), voters);
+    let mut config = GroupConfig::new(META_GROUP_ID, group_dir(data_dir), voters);
     config.tick_interval = tick;
     config
 }

@@ -1656,6 +1656,77 @@ fn process_kv_cli_contract_and_bad_input() {
     let json: serde_json::Value =
         serde_json::from_slice(&run(&["kv", "get", "big", "-o", "json"]).stdout).expect("JSON");
     assert_eq!(json["kvs"], serde_json::json!([]), "the refused put left nothing");
+    // Backup and restore into a new one-member cluster.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let backup = scratch.path().join("backup.snap");
+    let backup_text = backup.to_str().expect("UTF-8 path");
+    let output = run(&["cluster", "snapshot", "save", backup_text]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let new_addr = free_addresses(1).remove(0);
+    let new_peers = format!("1={new_addr}");
+    let new_dir = scratch.path().join("restored");
+    let new_dir_text = new_dir.to_str().expect("UTF-8 path");
+    let restore = [
+        "cluster",
+        "snapshot",
+        "restore",
+        backup_text,
+        "--id",
+        "1",
+        "--data-dir",
+        new_dir_text,
+        "--peers",
+        &new_peers,
+    ];
+    let output = shoal(&restore);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_fails_with(&shoal(&restore), &["already holds data"]);
+    let mut restored = Command::new(shoal_binary())
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--data-dir",
+            new_dir_text,
+            "--listen",
+            &new_addr,
+            "--peers",
+            &new_peers,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the restored member");
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let output = shoal(&[
+            "kv",
+            "get",
+            "greeting",
+            "--endpoints",
+            &new_addr,
+            "--timeout",
+            "2s",
+        ]);
+        if output.status.success() {
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout),
+                "hi\n",
+                "the restored cluster holds the data"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored member never served: {}",
+            describe(&output)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = restored.kill();
+    let _ = restored.wait();
+
     // A cluster that is not there.
     let closed = free_addresses(1).remove(0);
     let started = Instant::now();
