@@ -214,15 +214,17 @@ impl MetaServer {
             match tokio::time::timeout(self.inner.options.watch_stall_max, tx.send(Ok(response))).await {
                 Ok(Ok(())) => last_sent = tokio::time::Instant::now(),
                 Ok(Err(_)) => return Ok(()),
-                Err(_) => return Err(status(store::error(
-                    ErrorCode::TooManyRequests,
-                    format!(
+                Err(_) => {
+                    return Err(status(store::error(
+                        ErrorCode::TooManyRequests,
+                        format!(
                         "the watcher read nothing for {:.1} s with {WATCH_BUFFER_RESPONSES_MAX} responses \
                              waiting, so the server cut it off; resume the watch from the revision after \
                              the last one received",
                         self.inner.options.watch_stall_max.as_secs_f64(),
                     ),
-                ))),
+                    )))
+                }
             }
         }
     }
