@@ -30,6 +30,9 @@ impl KvWrite {
 pub enum Command {
     /// An opaque number, as the commands of the 6.824 Raft tests; the store ignores it.
     Raw(u64),
+    /// Opaque bytes for a state machine outside the simulator (e.g. the coordination
+    /// store's commands, applied by a test from the agreed log); the store ignores them.
+    Blob(Vec<u8>),
     /// A client write, deduplicated by `(client_id, seq)`.
     Kv {
         client_id: u64,
@@ -41,6 +44,7 @@ pub enum Command {
 const TAG_RAW: u8 = 1;
 const TAG_KV_PUT: u8 = 2;
 const TAG_KV_APPEND: u8 = 3;
+const TAG_BLOB: u8 = 4;
 
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
@@ -49,6 +53,10 @@ impl Command {
             Command::Raw(value) => {
                 out.push(TAG_RAW);
                 out.extend_from_slice(&value.to_le_bytes());
+            }
+            Command::Blob(bytes) => {
+                out.push(TAG_BLOB);
+                out.extend_from_slice(bytes);
             }
             Command::Kv {
                 client_id,
@@ -74,6 +82,11 @@ impl Command {
         let tag = reader.u8()?;
         let command = match tag {
             TAG_RAW => Command::Raw(reader.u64()?),
+            TAG_BLOB => {
+                let blob = reader.bytes[reader.pos..].to_vec();
+                reader.pos = reader.bytes.len();
+                Command::Blob(blob)
+            }
             TAG_KV_PUT | TAG_KV_APPEND => {
                 let client_id = reader.u64()?;
                 let seq = reader.u64()?;

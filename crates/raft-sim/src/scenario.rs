@@ -184,6 +184,28 @@ impl Sim {
         result
     }
 
+    /// Proposes `Command::Blob(bytes)` at `node` if it is up and leader.
+    pub fn start_blob(&mut self, node: impl IntoNodeId, bytes: Vec<u8>) -> Option<(Term, LogIndex)> {
+        let idx = self.idx_of(node);
+        let result = self.nodes[idx]
+            .raft
+            .as_mut()
+            .filter(|raft| raft.is_leader())?
+            .propose(Command::Blob(bytes).encode())
+            .ok();
+        self.after_input(idx, true);
+        result
+    }
+
+    /// The highest log index any node has applied.
+    pub fn applied_index_max(&self) -> LogIndex {
+        self.nodes
+            .iter()
+            .map(|n| n.applied_index_max)
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn propose_config_change(
         &mut self,
         node: impl IntoNodeId,
