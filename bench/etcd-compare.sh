@@ -249,6 +249,8 @@ done
 field() { jq -r "($2) // \"-\"" "$1" 2>/dev/null || echo -; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 fmt0() { awk -v x="$1" 'BEGIN { if (x == "-") print "-"; else printf "%.0f", x }'; }
+# CPU microseconds per request: (servers' + load generator's CPU seconds) / requests.
+per_request_us() { awk -v s="$1" -v g="$2" -v n="$3" 'BEGIN { if (n == "-" || n == 0) print "-"; else printf "%.0f + %.0f", s / n * 1e6, g / n * 1e6 }'; }
 fmt1() { awk -v x="$1" 'BEGIN { if (x == "-") print "-"; else printf "%.1f", x }'; }
 
 echo
@@ -256,8 +258,8 @@ echo "Shoal $SHOAL_REV vs etcd $ETCD_VERSION, 3 members each on loopback, fsync 
 echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo) GiB RAM;" \
     "data on $(df --output=source "$WORK_DIR" | tail -1) ($(df --output=fstype "$WORK_DIR" | tail -1 | tr -d ' ')); load before: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "| workload | Shoal req/s | etcd req/s | Shoal ÷ etcd | Shoal p50 / p99 ms | etcd p50 / p99 ms | p99 Shoal ÷ etcd | errors S / e | CPU s: servers, bench, others (S \| e) |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| workload | Shoal req/s | etcd req/s | Shoal ÷ etcd | Shoal p50 / p99 ms | etcd p50 / p99 ms | p99 Shoal ÷ etcd | errors S / e | CPU µs/req servers + bench, S / e | others' CPU s, S / e |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for label in $CASES; do
     s=$WORK_DIR/results/$label.shoal
     e=$WORK_DIR/results/$label.etcd
@@ -267,18 +269,23 @@ for label in $CASES; do
         e_p50=$(field "$e.json" .delivery_latency.p50_ms); e_p99=$(field "$e.json" .delivery_latency.p99_ms)
         s_err=$(field "$s.json" '(.events_expected - .events)'); e_err=$(field "$e.json" '(.events_expected - .events)')
         name="$label (events/s; put ack → event)"
+        s_n=$(field "$s.json" .events); e_n=$(field "$e.json" .events)
     else
         s_rate=$(field "$s.json" .requests_per_s); e_rate=$(field "$e.json" .requests_per_s)
         s_p50=$(field "$s.json" .latency.p50_ms); s_p99=$(field "$s.json" .latency.p99_ms)
         e_p50=$(field "$e.json" .latency.p50_ms); e_p99=$(field "$e.json" .latency.p99_ms)
         s_err=$(field "$s.json" .errors); e_err=$(field "$e.json" .errors)
         name=$label
+        s_n=$(field "$s.json" .requests); e_n=$(field "$e.json" .requests)
     fi
     read -r _ s_srv s_gen s_oth <"$s.cpu"
     read -r _ e_srv e_gen e_oth <"$e.cpu"
-    echo "| $name | $(fmt0 "$s_rate") | $(fmt0 "$e_rate") | **$(ratio "$s_rate" "$e_rate")** | $(fmt1 "$s_p50") / $(fmt1 "$s_p99") | $(fmt1 "$e_p50") / $(fmt1 "$e_p99") | $(ratio "$s_p99" "$e_p99") | $s_err / $e_err | $s_srv, $s_gen, $s_oth \| $e_srv, $e_gen, $e_oth |"
+    s_cpu=$(per_request_us "$s_srv" "$s_gen" "$s_n"); e_cpu=$(per_request_us "$e_srv" "$e_gen" "$e_n")
+    echo "| $name | $(fmt0 "$s_rate") | $(fmt0 "$e_rate") | **$(ratio "$s_rate" "$e_rate")** | $(fmt1 "$s_p50") / $(fmt1 "$s_p99") | $(fmt1 "$e_p50") / $(fmt1 "$e_p99") | $(ratio "$s_p99" "$e_p99") | $s_err / $e_err | $s_cpu / $e_cpu | $s_oth / $e_oth |"
 done
 echo
 echo "Each row: shoal bench kv <workload> --target shoal|etcd -o json (arguments above); ratios are Shoal ÷ etcd"
-echo "(throughput: higher is better for Shoal; p99: lower is better). 'others' is CPU used by anything"
-echo "but the measured store and the load generator during the row (the idle store, other users)."
+echo "(throughput: higher is better for Shoal; p99: lower is better). CPU µs/req: the three servers'"
+echo "and the load generator's user + system CPU (/proc) per completed request (watch: per event)."
+echo "'others' is CPU used by anything else during the row (the idle store, other users of the"
+echo "machine): more than a few seconds means the row was disturbed."
