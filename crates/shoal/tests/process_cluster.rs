@@ -1487,6 +1487,47 @@ fn process_cluster_bad_input_errors() {
     );
 }
 
+/// A single-member `shoal server` on `addr` with its data in `dir`, output discarded.
+fn spawn_single_server(dir: &str, addr: &str) -> std::process::Child {
+    let peers = format!("1={addr}");
+    Command::new(shoal_binary())
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--data-dir",
+            dir,
+            "--listen",
+            addr,
+            "--peers",
+            &peers,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server")
+}
+
+/// Runs `shoal args` until it succeeds (the cluster may still be electing), at most
+/// `WAIT_MAX`; returns the successful output.
+fn shoal_until_success(args: &[&str]) -> Output {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let output = shoal(args);
+        if output.status.success() {
+            return output;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shoal {} never succeeded: {}",
+            args.join(" "),
+            describe(&output)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn shoal_with_stdin(args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
     let mut child = Command::new(shoal_binary())
@@ -1538,12 +1579,7 @@ fn process_kv_cli_contract_and_bad_input() {
         all.extend(["--endpoints", e, "--timeout", "5s"]);
         shoal(&all)
     };
-    // Wait until the store serves.
-    let deadline = Instant::now() + WAIT_MAX;
-    while !run(&["kv", "put", "ready", "1"]).status.success() {
-        assert!(Instant::now() < deadline, "the store never served");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    shoal_until_success(&["kv", "put", "ready", "1", "--endpoints", e, "--timeout", "5s"]);
 
     let output = run(&["kv", "put", "greeting", "hello world"]);
     assert!(output.status.success(), "{}", describe(&output));
@@ -1681,49 +1717,21 @@ fn process_kv_cli_contract_and_bad_input() {
     let output = shoal(&restore);
     assert!(output.status.success(), "{}", describe(&output));
     assert_fails_with(&shoal(&restore), &["already holds data"]);
-    let mut restored = Command::new(shoal_binary())
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--data-dir",
-            new_dir_text,
-            "--listen",
-            &new_addr,
-            "--peers",
-            &new_peers,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the restored member");
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        let output = shoal(&[
-            "kv",
-            "get",
-            "greeting",
-            "--endpoints",
-            &new_addr,
-            "--timeout",
-            "2s",
-        ]);
-        if output.status.success() {
-            assert_eq!(
-                String::from_utf8_lossy(&output.stdout),
-                "hi\n",
-                "the restored cluster holds the data"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restored member never served: {}",
-            describe(&output)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut restored = spawn_single_server(new_dir_text, &new_addr);
+    let output = shoal_until_success(&[
+        "kv",
+        "get",
+        "greeting",
+        "--endpoints",
+        &new_addr,
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hi\n",
+        "the restored cluster holds the data"
+    );
     let _ = restored.kill();
     let _ = restored.wait();
 
@@ -1761,47 +1769,19 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
     let dir_text = dir.to_str().expect("UTF-8 path");
     let addr = free_addresses(1).remove(0);
     let peers = format!("1={addr}");
-    let mut server = Command::new(shoal_binary())
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--data-dir",
-            dir_text,
-            "--listen",
-            &addr,
-            "--peers",
-            &peers,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start server");
-    let deadline = Instant::now() + WAIT_MAX;
+    let mut server = spawn_single_server(dir_text, &addr);
     let value = "v".repeat(2000);
-    let mut n_written = 0;
-    while n_written < 50 {
-        let output = shoal(&[
+    for i in 0..50 {
+        shoal_until_success(&[
             "kv",
             "put",
-            &format!("k{n_written}"),
+            &format!("k{i}"),
             &value,
             "--endpoints",
             &addr,
             "--timeout",
             "2s",
         ]);
-        if output.status.success() {
-            n_written += 1;
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "the single member never served: {}",
-                describe(&output)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
     signal(server.id(), "-KILL");
     let _ = server.wait();

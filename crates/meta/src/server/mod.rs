@@ -299,6 +299,19 @@ fn raft_status(error: RaftError) -> Status {
     status(raft_error(error))
 }
 
+impl MetaServer {
+    /// Proposes `op` without a session; returns the reply `pick` selects, headers filled.
+    async fn write_unsessioned<T>(
+        &self,
+        op: command::Op,
+        pick: impl FnOnce(command_reply::Reply) -> Option<T>,
+    ) -> Result<Response<T>, Status> {
+        let mut reply = self.write(unsessioned(op)).await?;
+        set_reply_header(&mut reply, |h| self.header(h));
+        into_reply(reply, pick).map(Response::new)
+    }
+}
+
 fn into_reply<T>(
     reply: command_reply::Reply,
     pick: impl FnOnce(command_reply::Reply) -> Option<T>,
@@ -325,57 +338,41 @@ impl proto::kv_server::Kv for MetaServer {
     }
 
     async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
-        let reply = self
-            .write(unsessioned(command::Op::Put(request.into_inner())))
-            .await?;
-        let mut response = into_reply(reply, |r| match r {
+        self.write_unsessioned(command::Op::Put(request.into_inner()), |r| match r {
             command_reply::Reply::Put(r) => Some(r),
             _ => None,
-        })?;
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     async fn delete_range(
         &self,
         request: Request<proto::DeleteRangeRequest>,
     ) -> Result<Response<proto::DeleteRangeResponse>, Status> {
-        let reply = self
-            .write(unsessioned(command::Op::DeleteRange(request.into_inner())))
-            .await?;
-        let mut response = into_reply(reply, |r| match r {
+        self.write_unsessioned(command::Op::DeleteRange(request.into_inner()), |r| match r {
             command_reply::Reply::DeleteRange(r) => Some(r),
             _ => None,
-        })?;
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     async fn txn(&self, request: Request<proto::TxnRequest>) -> Result<Response<proto::TxnResponse>, Status> {
-        let reply = self
-            .write(unsessioned(command::Op::Txn(request.into_inner())))
-            .await?;
-        let mut response = into_reply(reply, |r| match r {
+        self.write_unsessioned(command::Op::Txn(request.into_inner()), |r| match r {
             command_reply::Reply::Txn(r) => Some(r),
             _ => None,
-        })?;
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     async fn compact(
         &self,
         request: Request<proto::CompactRequest>,
     ) -> Result<Response<proto::CompactResponse>, Status> {
-        let reply = self
-            .write(unsessioned(command::Op::Compact(request.into_inner())))
-            .await?;
-        let mut response = into_reply(reply, |r| match r {
+        self.write_unsessioned(command::Op::Compact(request.into_inner()), |r| match r {
             command_reply::Reply::Compact(r) => Some(r),
             _ => None,
-        })?;
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     async fn write(&self, request: Request<Command>) -> Result<Response<CommandReply>, Status> {
@@ -432,31 +429,26 @@ impl proto::lease_server::Lease for MetaServer {
         &self,
         request: Request<proto::LeaseGrantRequest>,
     ) -> Result<Response<proto::LeaseGrantResponse>, Status> {
-        let reply = self
-            .write(unsessioned(command::Op::LeaseGrant(request.into_inner())))
+        let response = self
+            .write_unsessioned(command::Op::LeaseGrant(request.into_inner()), |r| match r {
+                command_reply::Reply::LeaseGrant(r) => Some(r),
+                _ => None,
+            })
             .await?;
-        let mut response = into_reply(reply, |r| match r {
-            command_reply::Reply::LeaseGrant(r) => Some(r),
-            _ => None,
-        })?;
-        leader::start_deadline(&self.inner, response.id, response.ttl_seconds);
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        let grant = response.get_ref();
+        leader::start_deadline(&self.inner, grant.id, grant.ttl_seconds);
+        Ok(response)
     }
 
     async fn revoke(
         &self,
         request: Request<proto::LeaseRevokeRequest>,
     ) -> Result<Response<proto::LeaseRevokeResponse>, Status> {
-        let reply = self
-            .write(unsessioned(command::Op::LeaseRevoke(request.into_inner())))
-            .await?;
-        let mut response = into_reply(reply, |r| match r {
+        self.write_unsessioned(command::Op::LeaseRevoke(request.into_inner()), |r| match r {
             command_reply::Reply::LeaseRevoke(r) => Some(r),
             _ => None,
-        })?;
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     async fn keep_alive(
