@@ -320,6 +320,36 @@ async fn within<T>(
 }
 
 impl Conn {
+    /// One read with the store's whole error message on failure: run once per connection
+    /// before timing, so that connection set-up and leader discovery are not timed.
+    async fn probe(&mut self, timeout: Duration, serializable: bool) -> anyhow::Result<()> {
+        const PROBE_KEY: &[u8] = b"bench-kv-probe";
+        let probe = async {
+            match self {
+                Conn::Shoal(client) => client
+                    .range(proto::RangeRequest {
+                        key: PROBE_KEY.to_vec(),
+                        serializable,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
+                Conn::Etcd(client) => {
+                    let options = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                    client
+                        .get(PROBE_KEY, options)
+                        .await
+                        .map(drop)
+                        .map_err(anyhow::Error::from)
+                }
+            }
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}")))
+    }
+
     /// Puts `key`; returns the revision of the change.
     async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<i64, ErrorKind> {
         match self {
@@ -461,13 +491,7 @@ async fn connect(
                 ))
             }
         };
-        within(
-            global.timeout,
-            conn.get(b"bench-kv-warm-up".to_vec(), serializable),
-        )
-        .await
-        .map_err(|kind| anyhow::anyhow!("{kind}"))
-        .with_context(|| {
+        conn.probe(global.timeout, serializable).await.with_context(|| {
             format!(
                 "reaching {} at {} (connection {conn_idx})",
                 target.name(),
