@@ -749,3 +749,77 @@ async fn a_saved_snapshot_holds_the_same_state() {
         .unwrap();
     assert_eq!(restored.hash_at(revision).unwrap().0, expected.hash);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_per_connection_are_limited() {
+    // Goal: one connection cannot open more than WATCHES_PER_CONNECTION_MAX watches; the next
+    // is refused with TOO_MANY_REQUESTS, and closing one frees a place.
+    let cluster = Cluster::start(1, ServerOptions::default()).await;
+    cluster.client().put("w", "1").await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.endpoints()[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = proto::watch_client::WatchClient::new(channel);
+    let request = proto::WatchRequest {
+        key: b"w".to_vec(),
+        ..Default::default()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..shoal_meta::limits::WATCHES_PER_CONNECTION_MAX {
+        streams.push(
+            watch
+                .watch(request.clone())
+                .await
+                .expect("within the limit")
+                .into_inner(),
+        );
+    }
+    let refused = watch.watch(request.clone()).await.expect_err("over the limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("watch"), "{}", refused.message());
+    drop(streams.pop());
+    let deadline = Instant::now() + WAIT;
+    while watch.watch(request.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "a closed watch never freed its place");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_compaction_forgets_old_revisions() {
+    // Goal: with automatic compaction every period, revisions older than one period become
+    // unreadable without anyone asking, and the current state stays.
+    let options = ServerOptions {
+        auto_compaction_period: Some(Duration::from_millis(500)),
+        ..ServerOptions::default()
+    };
+    let cluster = Cluster::start(1, options).await;
+    let client = cluster.client();
+    let first = client.put("c", "1").await.unwrap().header.unwrap().revision;
+    for i in 2..10 {
+        client.put("c", i.to_string()).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Keep writing so newer revisions exist to compact to.
+        client.put("c", "latest").await.unwrap();
+        let status = client.status_at(&cluster.endpoints()[0]).await.unwrap();
+        if status.compact_revision > first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no automatic compaction happened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = client
+        .range(proto::RangeRequest {
+            key: b"c".to_vec(),
+            revision: first,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Compacted));
+    assert_eq!(client.get("c").await.unwrap().unwrap().value, b"latest");
+}
