@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod cluster;
 mod demo;
+mod mr_cmd;
 mod server;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::raft_cluster(&cli.global, &proposers, duration, payload_bytes)?;
         }
         Command::Cluster(command) => cluster::run(&cli.global, command)?,
+        Command::Mr(raw) => return mr_cmd::run_mr(&cli.global, &raw.args),
+        Command::Gen(raw) => return mr_cmd::run_gen(&raw.args),
     }
     Ok(ExitCode::SUCCESS)
 }
