@@ -296,7 +296,7 @@ fn sample_bounds(splits: &[InputSplit], n_reduce: u32) -> Result<Vec<Vec<u8>>, M
     let per_split = (SAMPLE_KEYS_MAX / splits.len().max(1)).max(1);
     for split in splits {
         let r = &split.ranges[0];
-        let f = File::open(&r.path).map_err(|e| MrError::Input { path: r.path.clone(), source: e })?;
+        let f = File::open(&r.path).map_err(|e| MrError::Input { path: r.path.clone(), error: e })?;
         let mut reader = BufReader::new(f);
         std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(r.start))?;
         let mut line = Vec::new();
@@ -333,7 +333,7 @@ impl Coordinator {
         let files = expand_inputs(&job.inputs)?;
         let splits = plan_splits(&files, job.split_size_bytes, job.combine_small_files);
         let output = job.output.clone();
-        let out_err = |e: std::io::Error| MrError::Output { path: output.display().to_string(), source: e };
+        let out_err = |e: std::io::Error| MrError::Output { path: output.display().to_string(), error: e };
         std::fs::create_dir_all(&output).map_err(out_err)?;
         let temp = output.join("_temporary");
         let journal_path = temp.join("journal");
@@ -499,7 +499,7 @@ impl Coordinator {
                     match st.temp_outputs.remove(&(partition, attempt)) {
                         Some(temp) => match std::fs::rename(&temp, &target) {
                             Ok(()) => st.journal.append(&JournalRecord::ReduceCommitted { partition, attempt, worker: worker.0 }),
-                            Err(e) => Err(MrError::Output { path: target.display().to_string(), source: e }),
+                            Err(e) => Err(MrError::Output { path: target.display().to_string(), error: e }),
                         },
                         None => Err(MrError::Config(format!("reduce task {partition} attempt {attempt} reported no output"))),
                     }

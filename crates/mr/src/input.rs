@@ -39,7 +39,7 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
         if has_glob_chars(arg) {
             let paths = glob::glob(arg).map_err(|e| MrError::Config(format!("invalid input pattern {arg:?}: {e}")))?;
             for p in paths {
-                let p = p.map_err(|e| MrError::Input { path: e.path().display().to_string(), source: e.into() })?;
+                let p = p.map_err(|e| MrError::Input { path: e.path().display().to_string(), error: e.into() })?;
                 if p.is_file() {
                     matched.push(p);
                 }
@@ -49,11 +49,11 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
             }
         } else {
             let p = PathBuf::from(arg);
-            let meta = std::fs::metadata(&p).map_err(|e| MrError::Input { path: arg.clone(), source: e })?;
+            let meta = std::fs::metadata(&p).map_err(|e| MrError::Input { path: arg.clone(), error: e })?;
             if meta.is_dir() {
-                let entries = std::fs::read_dir(&p).map_err(|e| MrError::Input { path: arg.clone(), source: e })?;
+                let entries = std::fs::read_dir(&p).map_err(|e| MrError::Input { path: arg.clone(), error: e })?;
                 for e in entries {
-                    let e = e.map_err(|e| MrError::Input { path: arg.clone(), source: e })?;
+                    let e = e.map_err(|e| MrError::Input { path: arg.clone(), error: e })?;
                     let name = e.file_name().to_string_lossy().to_string();
                     if name.starts_with('.') || name.starts_with('_') {
                         continue;
@@ -72,7 +72,7 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
         }
         for p in matched {
             check_readable(&p)?;
-            let len = std::fs::metadata(&p).map_err(|e| MrError::Input { path: p.display().to_string(), source: e })?.len();
+            let len = std::fs::metadata(&p).map_err(|e| MrError::Input { path: p.display().to_string(), error: e })?.len();
             files.push((p, len));
             if files.len() > INPUT_FILES_MAX {
                 return Err(MrError::Config(format!("more than {INPUT_FILES_MAX} input files")));
@@ -83,7 +83,7 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
 }
 
 fn check_readable(p: &Path) -> Result<(), MrError> {
-    std::fs::File::open(p).map(|_| ()).map_err(|e| MrError::Input { path: p.display().to_string(), source: e })
+    std::fs::File::open(p).map(|_| ()).map_err(|e| MrError::Input { path: p.display().to_string(), error: e })
 }
 
 /// Cuts files into map tasks. Empty files make no task.
