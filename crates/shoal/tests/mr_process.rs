@@ -542,3 +542,65 @@ fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
     expected.sort();
     assert_eq!(output_lines(&out), expected);
 }
+
+#[test]
+fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
+    // Goal: a coordinator SIGKILLed mid-job and restarted with the same command line resumes
+    // from its journal: committed work is not redone (each map task ran once), the workers
+    // carry on, and the output equals the reference.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 4, 50_000, 41);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let count = tmp.path().join("map-runs");
+    let mapper = format!("echo run >> {}; tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'", count.display());
+    let reducer = "sleep 0.5; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
+    let args = s(&[
+        "--output", out.to_str().unwrap(), "--mapper", &mapper, "--reducer", reducer, "--reducers", "6", "-o", "json", &glob,
+    ]);
+    let mut cluster = Cluster::start(tmp.path(), &args, 2, &[]);
+    let journal = out.join("_temporary").join("journal");
+    let deadline = Instant::now() + WAIT_MAX;
+    while !fs::read_to_string(&journal).unwrap_or_default().contains("ReduceCommitted") {
+        assert!(Instant::now() < deadline, "no reduce committed in time");
+        assert!(cluster.coordinator.try_wait().unwrap().is_none(), "the job ended before the kill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.coordinator.kill().unwrap();
+    cluster.coordinator.wait().unwrap();
+    let mut restart = s(&["mr", "coordinator", "--listen", &cluster.addr]);
+    restart.extend(args.clone());
+    cluster.coordinator = spawn(&restart, &tmp.path().join("coordinator.log"));
+    let (status, _) = cluster.finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    assert_eq!(summary["resumed"], true, "{summary}");
+    assert!(summary["attempts_started"].as_u64().unwrap() < 6, "committed reduces ran again: {summary}");
+    assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 4, "map tasks ran again");
+    assert_eq!(output_lines(&out), reference_wordcount(&files));
+}
+
+#[test]
+fn mr_run_combine_small_files_packs_inputs_into_few_tasks() {
+    // Goal: a thousand tiny inputs with --combine-small-files make one map task, not a thousand,
+    // and the indexer still names each input file.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir_all(&input).unwrap();
+    let mut files = Vec::new();
+    for i in 0..1000 {
+        let p = input.join(format!("f{i:04}.txt"));
+        fs::write(&p, format!("alpha beta{}\n", if i % 2 == 0 { " gamma" } else { "" })).unwrap();
+        files.push(p);
+    }
+    let out = tmp.path().join("out");
+    let (code, stdout, err) = shoal(&[
+        "mr", "run", "--input", &format!("{}/*.txt", input.display()), "--output", out.to_str().unwrap(),
+        "--app", "indexer", "--combine-small-files", "-o", "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["maps"]["total"], 1, "{summary}");
+    assert_eq!(output_lines(&out), reference_indexer(&files));
+}
