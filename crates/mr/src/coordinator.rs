@@ -58,10 +58,11 @@ impl AppChoice {
         match self {
             AppChoice::Builtin { name, pattern } => builtin_job(name, &AppParams { pattern: pattern.clone() }),
             AppChoice::Streaming { mapper, reducer, combiner } => {
-                if combiner.is_some() {
-                    return Err("--combiner is not supported yet for streaming jobs; run without it".into());
-                }
-                Ok(Job::streaming(mapper, reducer))
+                let job = Job::streaming(mapper, reducer);
+                Ok(match combiner {
+                    Some(c) => job.streaming_combiner(c),
+                    None => job,
+                })
             }
         }
     }

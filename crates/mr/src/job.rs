@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::api::{BoxError, Combiner, Emit, HashPartitioner, Mapper, Partitioner, RangePartitioner, Reducer};
 use crate::merge::{for_each_group, GroupError, Merger};
-use crate::shuffle::{MapOutputBuffer, MapOutputFiles};
+use crate::shuffle::{MapCombiner, MapOutputBuffer, MapOutputFiles, PartitionCombiner, RecordSource};
 
 /// Lines of a failing command's stderr kept for the job's error. Cost: at most this many
 /// lines of [`STDERR_LINE_BYTES_MAX`] bytes per running command.
@@ -49,6 +49,7 @@ pub struct Job {
     pub(crate) map: MapFn,
     pub(crate) reduce: ReduceFn,
     pub(crate) combine: Option<CombinerFactory>,
+    pub(crate) combine_cmd: Option<String>,
     pub(crate) partitioner: Option<Arc<dyn Partitioner>>,
     /// Partition by sampled key ranges chosen by the coordinator (the `sort` app).
     pub(crate) range_partitioned: bool,
@@ -63,6 +64,7 @@ impl Job {
             map: MapFn::Rust(Arc::new(move || Box::new(mapper()))),
             reduce: ReduceFn::Rust(Arc::new(move || Box::new(reducer()))),
             combine: None,
+            combine_cmd: None,
             partitioner: None,
             range_partitioned: false,
         }
@@ -74,6 +76,7 @@ impl Job {
             map: MapFn::Streaming(mapper_cmd.to_string()),
             reduce: ReduceFn::Streaming(reducer_cmd.to_string()),
             combine: None,
+            combine_cmd: None,
             partitioner: None,
             range_partitioned: false,
         }
@@ -81,6 +84,13 @@ impl Job {
 
     pub fn combiner<C: Combiner + 'static>(mut self, combiner: impl Fn() -> C + Send + Sync + 'static) -> Self {
         self.combine = Some(Arc::new(move || Box::new(combiner())));
+        self
+    }
+
+    /// A streaming combiner: run through `sh -c` on each sorted partition of map output
+    /// (`key<TAB>value` lines in, the same out, still sorted by key).
+    pub fn streaming_combiner(mut self, cmd: &str) -> Self {
+        self.combine_cmd = Some(cmd.to_string());
         self
     }
 
@@ -223,7 +233,11 @@ pub fn run_map_task(
         (None, true) => Arc::new(RangePartitioner { bounds: spec.bounds.to_vec() }),
         (None, false) => Arc::new(HashPartitioner),
     };
-    let combiner = job.combine.as_ref().map(|f| f());
+    let combiner = match (&job.combine, &job.combine_cmd) {
+        (Some(f), _) => Some(MapCombiner::Keyed(f())),
+        (None, Some(cmd)) => Some(MapCombiner::Partition(Box::new(StreamingCombiner { cmd: cmd.clone() }))),
+        (None, None) => None,
+    };
     let mut buffer = MapOutputBuffer::new(
         ctx.dir,
         spec.name,
@@ -546,5 +560,71 @@ fn run_streaming_reduce(
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A streaming combiner command run once per sorted partition run.
+struct StreamingCombiner {
+    cmd: String,
+}
+
+impl PartitionCombiner for StreamingCombiner {
+    fn combine_partition(
+        &mut self,
+        input: &mut RecordSource<'_>,
+        out: &mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let to_io = |e: TaskError| io::Error::other(e.to_string());
+        let s = Streaming::spawn(&self.cmd, None, Stdio::piped()).map_err(to_io)?;
+        let stdin = s.take_stdin().expect("piped");
+        let stdout = s.take_stdout().expect("piped");
+        let parsed = std::thread::scope(|scope| {
+            let feeder = scope.spawn(move || -> io::Result<()> {
+                let mut w = BufWriter::with_capacity(1 << 16, stdin);
+                while let Some((k, v)) = input()? {
+                    w.write_all(&k)?;
+                    w.write_all(b"\t")?;
+                    w.write_all(&v)?;
+                    w.write_all(b"\n")?;
+                }
+                w.flush()
+            });
+            let mut r = BufReader::with_capacity(1 << 16, stdout);
+            let mut line = Vec::new();
+            let mut n = 0u64;
+            let parsed: io::Result<()> = loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) => break Ok(()),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+                n += 1;
+                let l = line.strip_suffix(b"\n").unwrap_or(&line);
+                let Some(tab) = l.iter().position(|b| *b == b'\t') else {
+                    s.kill();
+                    break Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "combiner command `{}` wrote a malformed line {n}: {:?} (expected key<TAB>value)",
+                            self.cmd,
+                            String::from_utf8_lossy(&l[..l.len().min(200)])
+                        ),
+                    ));
+                };
+                if let Err(e) = out(&l[..tab], &l[tab + 1..]) {
+                    s.kill();
+                    break Err(e);
+                }
+            };
+            let fed = feeder.join().expect("feeder thread");
+            parsed.and(match fed {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+                other => other,
+            })
+        });
+        let status = s.finish("combiner", "map output").map_err(to_io);
+        parsed?;
+        status
     }
 }

@@ -17,6 +17,45 @@ use crate::api::{Combiner, Emit, Partitioner, Values};
 use crate::merge::{for_each_group, GroupError, Merger, MERGE_FAN_IN_MAX};
 use crate::record::{self, RecordReader, RecordWriter, Segment};
 
+/// Pulls the next record of a sorted run (owned, for a combiner running in another thread).
+pub type RecordSource<'a> = dyn FnMut() -> io::Result<Option<(Vec<u8>, Vec<u8>)>> + Send + 'a;
+
+/// A combiner that sees a whole sorted partition of a spill at once (a streaming command
+/// reads it on stdin). It must write records in key order.
+pub trait PartitionCombiner: Send {
+    fn combine_partition(
+        &mut self,
+        input: &mut RecordSource<'_>,
+        out: &mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()>;
+}
+
+/// How map output is combined before it is written.
+pub enum MapCombiner {
+    /// Called once per key.
+    Keyed(Box<dyn Combiner>),
+    /// Called once per sorted partition run.
+    Partition(Box<dyn PartitionCombiner>),
+}
+
+/// Writes a partition combiner's output, refusing keys out of order.
+fn write_sorted<W: Write>(w: &mut RecordWriter<W>, last: &mut Option<Vec<u8>>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    if let Some(l) = last.as_deref() {
+        if key < l {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the combiner wrote key {:?} after {:?}; combiner output must stay sorted by key",
+                    String::from_utf8_lossy(key),
+                    String::from_utf8_lossy(l)
+                ),
+            ));
+        }
+    }
+    *last = Some(key.to_vec());
+    w.write(key, value)
+}
+
 /// Memory accounted per buffered record besides its bytes (the sort entry).
 const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>();
 
@@ -58,7 +97,7 @@ pub struct MapOutputBuffer<'a> {
     n_reduce: u32,
     budget_bytes: usize,
     partitioner: &'a dyn Partitioner,
-    combiner: Option<Box<dyn Combiner>>,
+    combiner: Option<MapCombiner>,
     arena: Vec<u8>,
     entries: Vec<Entry>,
     spills: Vec<Spill>,
@@ -73,7 +112,7 @@ impl<'a> MapOutputBuffer<'a> {
         n_reduce: u32,
         budget_bytes: usize,
         partitioner: &'a dyn Partitioner,
-        combiner: Option<Box<dyn Combiner>>,
+        combiner: Option<MapCombiner>,
     ) -> Self {
         // The arena is addressed with u32 offsets.
         let budget_bytes = budget_bytes.clamp(4 << 10, u32::MAX as usize / 2);
@@ -109,28 +148,41 @@ impl<'a> MapOutputBuffer<'a> {
         let mut segments = Vec::with_capacity(self.n_reduce as usize);
         let mut i = 0;
         for partition in 0..self.n_reduce {
+            let start = i;
             while i < self.entries.len() && self.entries[i].partition == partition {
-                let key = entry_key(arena, &self.entries[i]);
-                let mut j = i + 1;
-                while j < self.entries.len()
-                    && self.entries[j].partition == partition
-                    && entry_key(arena, &self.entries[j]) == key
-                {
-                    j += 1;
+                i += 1;
+            }
+            let part = &self.entries[start..i];
+            match self.combiner.as_mut() {
+                Some(MapCombiner::Partition(c)) if !part.is_empty() => {
+                    let mut next = 0;
+                    let mut input = || {
+                        let Some(e) = part.get(next) else { return Ok(None) };
+                        next += 1;
+                        Ok(Some((entry_key(arena, e).to_vec(), entry_value(arena, e).to_vec())))
+                    };
+                    let mut last = None;
+                    c.combine_partition(&mut input, &mut |k, v| write_sorted(&mut w, &mut last, k, v))?;
                 }
-                match self.combiner.as_mut() {
-                    Some(c) => {
-                        let mut values = EntryValues { arena, entries: &self.entries[i..j] };
+                Some(MapCombiner::Keyed(c)) => {
+                    let mut j = 0;
+                    while j < part.len() {
+                        let key = entry_key(arena, &part[j]);
+                        let mut k = j + 1;
+                        while k < part.len() && entry_key(arena, &part[k]) == key {
+                            k += 1;
+                        }
+                        let mut values = EntryValues { arena, entries: &part[j..k] };
                         let mut out = CheckedEmit { key, w: &mut w, n: 0 };
                         c.combine(key, &mut values, &mut out).map_err(io::Error::other)?;
-                    }
-                    None => {
-                        for e in &self.entries[i..j] {
-                            w.write(key, entry_value(arena, e))?;
-                        }
+                        j = k;
                     }
                 }
-                i = j;
+                _ => {
+                    for e in part {
+                        w.write(entry_key(arena, e), entry_value(arena, e))?;
+                    }
+                }
             }
             segments.push(w.end_segment());
         }
@@ -249,7 +301,7 @@ fn merge_spills(
     spills: &[Spill],
     path: &Path,
     n_reduce: u32,
-    combiner: &mut Option<Box<dyn Combiner>>,
+    combiner: &mut Option<MapCombiner>,
 ) -> Result<Spill, GroupError> {
     let mut w = record::create_writer(path)?;
     let mut segments = Vec::with_capacity(n_reduce as usize);
@@ -261,11 +313,16 @@ fn merge_spills(
             .collect::<io::Result<Vec<_>>>()?;
         let mut merger = Merger::new(sources)?;
         match combiner.as_mut() {
-            Some(c) => for_each_group(&mut merger, |key, values| {
+            Some(MapCombiner::Keyed(c)) => for_each_group(&mut merger, |key, values| {
                 let mut out = CheckedEmit { key, w: &mut w, n: 0 };
                 c.combine(key, values, &mut out)
             })?,
-            None => {
+            Some(MapCombiner::Partition(c)) if merger.peek_key().is_some() => {
+                let mut input = || merger.pop();
+                let mut last = None;
+                c.combine_partition(&mut input, &mut |k, v| write_sorted(&mut w, &mut last, k, v))?;
+            }
+            _ => {
                 while let Some(kv) = merger.pop()? {
                     w.write(&kv.0, &kv.1)?;
                     merger.recycle(kv);
@@ -415,7 +472,7 @@ mod tests {
         // with a combiner the counts still add up.
         for with_combiner in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let combiner: Option<Box<dyn Combiner>> = if with_combiner { Some(Box::new(Sum)) } else { None };
+            let combiner = if with_combiner { Some(MapCombiner::Keyed(Box::new(Sum))) } else { None };
             let mut buf = MapOutputBuffer::new(dir.path(), "map-00000-0", 3, 4 << 10, &HashPartitioner, combiner);
             let mut expected: BTreeMap<String, u64> = BTreeMap::new();
             for w in words(20_000) {

@@ -604,3 +604,32 @@ fn mr_run_combine_small_files_packs_inputs_into_few_tasks() {
     assert_eq!(summary["maps"]["total"], 1, "{summary}");
     assert_eq!(output_lines(&out), reference_indexer(&files));
 }
+
+#[test]
+fn mr_run_streaming_with_combiner_equals_reference() {
+    // Goal: a streaming job with a streaming combiner (run on each sorted spill partition)
+    // counts words like the reference, and the combiner really shrinks the map output.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 2, 300_000, 51);
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
+    // Groups adjacent keys, so its output stays sorted.
+    let sum_sorted = "awk -F'\\t' '$1 != k { if (NR > 1) print k \"\\t\" c; k = $1; c = 0 } { c += $2 } END { if (NR > 0) print k \"\\t\" c }'";
+    let mut map_bytes = Vec::new();
+    for (name, combiner) in [("plain", None), ("combined", Some(sum_sorted))] {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "mr", "run", "--input", &glob, "--output", out.to_str().unwrap(), "--mapper", mapper, "--reducer", sum_sorted,
+            "--reducers", "2", "--map-buffer", "256KiB", "-o", "json",
+        ];
+        if let Some(c) = combiner {
+            args.extend(["--combiner", c]);
+        }
+        let (code, stdout, err) = shoal(&args);
+        assert_eq!(code, 0, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        map_bytes.push(summary["counters"]["map_bytes_out"].as_u64().unwrap());
+        assert_eq!(output_lines(&out), reference_wordcount(&files), "{name}");
+    }
+    assert!(map_bytes[1] * 2 < map_bytes[0], "the combiner did not shrink map output: {map_bytes:?}");
+}
