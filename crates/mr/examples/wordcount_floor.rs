@@ -1,18 +1,18 @@
 //! The single-threaded floor for word counting, for docs/BENCHMARKS.md: read the file in large
 //! blocks, split words exactly like the `wordcount` app (`for_each_word`), count them in one
-//! FxHash map, print `word<TAB>count` lines sorted by word. No MapReduce, no second core.
+//! hash map (short words packed inline, as the `wordcount` app does), print `word<TAB>count` lines sorted by word. No MapReduce, no second core.
 //!
 //! cargo run --release -p shoal-mr --example wordcount_floor -- FILE > counts.txt
 
 use std::io::{Read, Write};
 
-use shoal_mr::apps::{for_each_word, FxHashMap};
+use shoal_mr::apps::{for_each_word, WordCounts};
 
 fn main() -> std::io::Result<()> {
     let path = std::env::args().nth(1).expect("usage: wordcount_floor FILE");
     let started = std::time::Instant::now();
     let mut f = std::fs::File::open(&path)?;
-    let mut counts: FxHashMap<Vec<u8>, u64> = FxHashMap::default();
+    let mut counts = WordCounts::default();
     let mut buf = vec![0u8; 8 << 20];
     let mut carry = 0;
     loop {
@@ -20,12 +20,7 @@ fn main() -> std::io::Result<()> {
         let end = carry + n;
         // Count up to the last separator; carry a partial word into the next block.
         let cut = if n == 0 { end } else { buf[..end].iter().rposition(|b| !b.is_ascii_alphabetic() && *b < 0x80).map_or(0, |p| p + 1) };
-        for_each_word(&buf[..cut], |w| match counts.get_mut(w) {
-            Some(c) => *c += 1,
-            None => {
-                counts.insert(w.to_vec(), 1);
-            }
-        });
+        for_each_word(&buf[..cut], |w| counts.add(w, 1));
         buf.copy_within(cut..end, 0);
         carry = end - cut;
         if n == 0 {
@@ -35,7 +30,11 @@ fn main() -> std::io::Result<()> {
             buf.resize(buf.len() * 2, 0);
         }
     }
-    let mut words: Vec<(Vec<u8>, u64)> = counts.into_iter().collect();
+    let mut words: Vec<(Vec<u8>, u64)> = Vec::with_capacity(counts.len());
+    counts.drain(|w, c| {
+        words.push((w.to_vec(), c));
+        Ok(())
+    })?;
     words.sort_unstable();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

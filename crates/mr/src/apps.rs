@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
 use std::sync::Arc;
 
 use crate::api::{read_u64, BoxError, Combiner, Emit, Mapper, Reducer, Values};
@@ -39,11 +40,20 @@ impl Hasher for FxHasher {
     fn write_u8(&mut self, i: u8) {
         self.hash = (self.hash.rotate_left(5) ^ u64::from(i)).wrapping_mul(FX_SEED);
     }
+    fn write_u64(&mut self, i: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ i).wrapping_mul(FX_SEED);
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.write_u64(i as u64);
+        self.write_u64((i >> 64) as u64);
+    }
     fn write_usize(&mut self, i: usize) {
         self.hash = (self.hash.rotate_left(5) ^ i as u64).wrapping_mul(FX_SEED);
     }
     fn finish(&self) -> u64 {
-        self.hash
+        // The multiply leaves the best-mixed bits at the top, while hashbrown picks buckets
+        // from the low bits: rotate them down (as rustc-hash 2 does).
+        self.hash.rotate_left(26)
     }
 }
 
@@ -96,31 +106,78 @@ fn decode_alphabetic(s: &[u8]) -> (bool, usize) {
     }
 }
 
-/// Counts keys in memory and emits `(key, u64 count)`; flushes at [`MAPPER_DISTINCT_KEYS_MAX`].
-#[derive(Default)]
-struct Counts {
-    map: FxHashMap<Vec<u8>, u64>,
+/// Keys up to this long are packed into a `u128` (no heap, one-compare equality).
+const SHORT_KEY_BYTES_MAX: usize = 15;
+
+fn pack_short(key: &[u8]) -> u128 {
+    debug_assert!(key.len() <= SHORT_KEY_BYTES_MAX);
+    let mut bytes = [0u8; 16];
+    bytes[..key.len()].copy_from_slice(key);
+    bytes[15] = key.len() as u8;
+    u128::from_le_bytes(bytes)
 }
 
-impl Counts {
-    fn add(&mut self, key: &[u8], n: u64) {
-        match self.map.get_mut(key) {
-            Some(c) => *c += n,
-            None => {
-                self.map.insert(key.to_vec(), n);
+fn unpack_short(packed: u128) -> ([u8; 16], usize) {
+    let bytes = packed.to_le_bytes();
+    let len = bytes[15] as usize;
+    (bytes, len)
+}
+
+/// Counts keys in memory and emits `(key, u64 count)`; flushes at [`MAPPER_DISTINCT_KEYS_MAX`].
+/// Short keys (most words) live inline in a `u128`, which is what makes counting fast: no
+/// pointer to chase and no `memcmp` per probe.
+#[derive(Default)]
+pub struct WordCounts {
+    short: FxHashMap<u128, u64>,
+    long: FxHashMap<Vec<u8>, u64>,
+}
+
+impl WordCounts {
+    #[inline]
+    pub fn add(&mut self, key: &[u8], n: u64) {
+        if key.len() <= SHORT_KEY_BYTES_MAX {
+            *self.short.entry(pack_short(key)).or_insert(0) += n;
+        } else {
+            match self.long.get_mut(key) {
+                Some(c) => *c += n,
+                None => {
+                    self.long.insert(key.to_vec(), n);
+                }
             }
         }
     }
-    fn full(&self) -> bool {
-        self.map.len() >= MAPPER_DISTINCT_KEYS_MAX
+
+    pub fn len(&self) -> usize {
+        self.short.len() + self.long.len()
     }
-    fn flush(&mut self, out: &mut dyn Emit) -> Result<(), BoxError> {
-        for (k, v) in self.map.drain() {
-            out.emit_u64(&k, v)?;
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn full(&self) -> bool {
+        self.len() >= MAPPER_DISTINCT_KEYS_MAX
+    }
+
+    /// Calls `f` for every key and its count, emptying the table.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8], u64) -> io::Result<()>) -> io::Result<()> {
+        for (k, v) in self.short.drain() {
+            let (bytes, len) = unpack_short(k);
+            f(&bytes[..len], v)?;
+        }
+        for (k, v) in self.long.drain() {
+            f(&k, v)?;
         }
         Ok(())
     }
+
+    fn flush(&mut self, out: &mut dyn Emit) -> Result<(), BoxError> {
+        self.drain(|k, v| out.emit_u64(k, v))?;
+        Ok(())
+    }
 }
+
+type Counts = WordCounts;
 
 /// `wordcount` map: words of each line, counted in memory.
 #[derive(Default)]

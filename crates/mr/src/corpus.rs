@@ -57,13 +57,12 @@ impl TextGenerator {
         Self { rng, words, cdf }
     }
 
-    fn word(&mut self) -> &[u8] {
+    fn word_idx(&mut self) -> usize {
         let x = self.rng.next_u64();
-        let idx = self.cdf.partition_point(|c| *c < x).min(self.words.len() - 1);
-        &self.words[idx]
+        self.cdf.partition_point(|c| *c < x).min(self.words.len() - 1)
     }
 
-    /// Writes at least... exactly `size_bytes` bytes of text lines (the last line may be cut).
+    /// Writes exactly `size_bytes` bytes of text lines (the last line may be cut).
     pub fn write(&mut self, out: &mut impl Write, size_bytes: u64) -> io::Result<()> {
         let mut written = 0u64;
         let mut line = Vec::with_capacity(256);
@@ -81,8 +80,8 @@ impl TextGenerator {
                         line.push(b' ');
                     }
                 }
-                let w = self.word().to_vec();
-                line.extend_from_slice(&w);
+                let idx = self.word_idx();
+                line.extend_from_slice(&self.words[idx]);
             }
             line.push(if self.rng.below(4) == 0 { b'.' } else { b' ' });
             line.push(b'\n');
