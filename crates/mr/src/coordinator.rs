@@ -51,12 +51,17 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 pub enum AppChoice {
     Builtin { name: String, pattern: Option<String> },
     Streaming { mapper: String, reducer: String, combiner: Option<String> },
+    /// A Rust job: its workers are built with its code ([`crate::run_worker`] with the `Job`).
+    Custom { name: String },
 }
 
 impl AppChoice {
     pub fn to_job(&self) -> Result<Job, String> {
         match self {
             AppChoice::Builtin { name, pattern } => builtin_job(name, &AppParams { pattern: pattern.clone() }),
+            AppChoice::Custom { name } => Err(format!(
+                "job {name:?} is a Rust job: its workers must be built with its code (shoal_mr::run_worker with the Job)"
+            )),
             AppChoice::Streaming { mapper, reducer, combiner } => {
                 let job = Job::streaming(mapper, reducer);
                 Ok(match combiner {
@@ -68,6 +73,9 @@ impl AppChoice {
     }
 
     fn from_spec(spec: &proto::JobSpec) -> Self {
+        if let Some(name) = spec.app.strip_prefix("custom:") {
+            return AppChoice::Custom { name: name.to_string() };
+        }
         if spec.app.is_empty() {
             AppChoice::Streaming {
                 mapper: spec.mapper_cmd.clone(),
@@ -137,7 +145,9 @@ impl CoordinatorConfig {
         if self.task_timeout < Duration::from_millis(100) {
             return Err(MrError::Config("--task-timeout must be at least 100ms".into()));
         }
-        self.job.app.to_job().map_err(MrError::Config)?;
+        if !matches!(self.job.app, AppChoice::Custom { .. }) {
+            self.job.app.to_job().map_err(MrError::Config)?;
+        }
         Ok(())
     }
 }
@@ -390,7 +400,11 @@ impl Coordinator {
             journal.append(&JournalRecord::Header { job_id: job_id.clone(), fingerprint })?;
         }
 
-        let bounds = if job.app.to_job().map_err(MrError::Config)?.is_range_partitioned() {
+        let range_partitioned = match &job.app {
+            AppChoice::Custom { .. } => false,
+            app => app.to_job().map_err(MrError::Config)?.is_range_partitioned(),
+        };
+        let bounds = if range_partitioned {
             sample_bounds(&splits, job.n_reduce)?
         } else {
             Vec::new()
@@ -400,6 +414,7 @@ impl Coordinator {
             AppChoice::Streaming { mapper, reducer, combiner } => {
                 (String::new(), mapper.clone(), reducer.clone(), combiner.clone().unwrap_or_default(), String::new())
             }
+            AppChoice::Custom { name } => (format!("custom:{name}"), String::new(), String::new(), String::new(), String::new()),
         };
         let spec = proto::JobSpec {
             job_id,
