@@ -26,11 +26,11 @@ t() { # label, command...
   printf '%-28s wall %7.2f s   cpu %7.2f s   (load %s)\n' "$label" "$(echo "$end - $start" | bc)" "$(echo "$user + $sys" | bc)" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
-echo "corpus: $CORPUS ($(stat -c %s "$CORPUS") bytes), $(nproc) cores"
+echo "corpus: $CORPUS ($(stat -L -c %s "$CORPUS") bytes), $(nproc) cores"
 t "rust floor (1 thread)" sh -c "'$FLOOR' '$CORPUS' > '$DIR/floor.txt' 2>/dev/null"
 for w in 2 1; do
-  t "shoal mr run --workers $w" "$SHOAL" mr run --input "$CORPUS" --output "$DIR/wc-$w" --app wordcount \
-    --workers "$w" --reducers 4 --overwrite -o json > /dev/null 2>&1
+  t "shoal mr run --workers $w" sh -c "'$SHOAL' mr run --input '$CORPUS' --output '$DIR/wc-$w' --app wordcount \
+    --workers $w --reducers 4 --overwrite > '$DIR/wc-$w.summary' 2>/dev/null"
 done
 cat "$DIR"/wc-2/part-r-* | LC_ALL=C sort | cmp - <(LC_ALL=C sort "$DIR/floor.txt") && echo "shoal output == floor output"
 if [ "${SKIP_GNU:-0}" != 1 ]; then
