@@ -93,6 +93,30 @@ impl TextGenerator {
     }
 }
 
+/// Bytes per record of [`write_records`].
+pub const RECORD_BYTES: u64 = 100;
+
+/// Writes `size_bytes / 100` records in the spirit of gensort's ASCII format: a 10-byte random
+/// printable key, two spaces, the 32-hex-digit record number, two spaces, 53 filler bytes and
+/// `\n` (100 bytes). `LC_ALL=C sort` and the `sort` app order them by key.
+pub fn write_records(out: &mut impl Write, seed: u64, size_bytes: u64) -> io::Result<()> {
+    let mut rng = SplitMix64::new(seed);
+    let mut rec = Vec::with_capacity(RECORD_BYTES as usize);
+    for n in 0..size_bytes / RECORD_BYTES {
+        rec.clear();
+        for _ in 0..10 {
+            // Printable ASCII from '!' to '~' (no space, tab or newline).
+            rec.push(b'!' + rng.below(94) as u8);
+        }
+        rec.extend_from_slice(format!("  {n:032X}  ").as_bytes());
+        let filler = b'A' + (n % 26) as u8;
+        rec.resize(RECORD_BYTES as usize - 1, filler);
+        rec.push(b'\n');
+        out.write_all(&rec)?;
+    }
+    Ok(())
+}
+
 /// Parses sizes like `512`, `64KiB`, `128MiB`, `1GiB`, `1.5G` (K/M/G/T are powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -125,6 +149,19 @@ mod tests {
         assert_eq!(gen(1, 10_000), gen(1, 10_000));
         assert_ne!(gen(1, 10_000), gen(2, 10_000));
         assert_eq!(gen(3, 12_345).len(), 12_345);
+    }
+
+    #[test]
+    fn records_are_100_bytes_with_printable_keys() {
+        // Goal: gen records writes whole 100-byte lines whose 10-byte keys hold no separator.
+        let mut out = Vec::new();
+        write_records(&mut out, 5, 1050).unwrap();
+        assert_eq!(out.len(), 1000);
+        for rec in out.chunks(100) {
+            assert_eq!(rec[99], b'\n');
+            assert!(rec[..10].iter().all(|b| b.is_ascii_graphic()));
+            assert!(!rec[..99].contains(&b'\n'));
+        }
     }
 
     #[test]
