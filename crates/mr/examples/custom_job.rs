@@ -6,7 +6,10 @@
 //! cargo run --release -p shoal-mr --example custom_job -- OUTPUT_DIR FILE_OR_GLOB…
 
 use shoal_mr::api::read_u64;
-use shoal_mr::{AppChoice, BoxError, Combiner, Coordinator, CoordinatorConfig, Emit, Job, JobConfig, Mapper, Reducer, Values};
+use shoal_mr::{
+    AppChoice, BoxError, Combiner, Coordinator, CoordinatorConfig, Emit, Job, JobConfig, Mapper, Reducer,
+    Values,
+};
 
 /// Emits (line length rounded down to a multiple of 10, 1).
 struct LengthMapper;
@@ -44,7 +47,10 @@ impl Reducer for Histogram {
             n += read_u64(v)?;
         }
         let bucket: u64 = std::str::from_utf8(key)?.parse()?;
-        out.emit(format!("{bucket}-{}", bucket + 9).as_bytes(), n.to_string().as_bytes())?;
+        out.emit(
+            format!("{bucket}-{}", bucket + 9).as_bytes(),
+            n.to_string().as_bytes(),
+        )?;
         Ok(())
     }
 }
@@ -61,7 +67,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         inputs,
         output: output.clone().into(),
         n_reduce: 2,
-        app: AppChoice::Custom { name: "line-lengths".into() },
+        app: AppChoice::Custom {
+            name: "line-lengths".into(),
+        },
         split_size_bytes: shoal_mr::SPLIT_SIZE_BYTES_DEFAULT,
         combine_small_files: true,
         overwrite: true,

@@ -19,7 +19,14 @@ fn main() -> std::io::Result<()> {
         let n = f.read(&mut buf[carry..])?;
         let end = carry + n;
         // Count up to the last separator; carry a partial word into the next block.
-        let cut = if n == 0 { end } else { buf[..end].iter().rposition(|b| !b.is_ascii_alphabetic() && *b < 0x80).map_or(0, |p| p + 1) };
+        let cut = if n == 0 {
+            end
+        } else {
+            buf[..end]
+                .iter()
+                .rposition(|b| !b.is_ascii_alphabetic() && *b < 0x80)
+                .map_or(0, |p| p + 1)
+        };
         for_each_word(&buf[..cut], |w| counts.add(w, 1));
         buf.copy_within(cut..end, 0);
         carry = end - cut;
@@ -43,6 +50,10 @@ fn main() -> std::io::Result<()> {
         writeln!(out, "\t{c}")?;
     }
     out.flush()?;
-    eprintln!("{} distinct words in {:.2} s", words.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "{} distinct words in {:.2} s",
+        words.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

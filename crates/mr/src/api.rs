@@ -22,7 +22,9 @@ pub trait Emit {
 
 /// Decodes a value written by [`Emit::emit_u64`].
 pub fn read_u64(value: &[u8]) -> Result<u64, BoxError> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| format!("expected an 8-byte u64 value, got {} bytes", value.len()))?;
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| format!("expected an 8-byte u64 value, got {} bytes", value.len()))?;
     Ok(u64::from_le_bytes(bytes))
 }
 
@@ -134,7 +136,9 @@ mod tests {
     #[test]
     fn range_partitioner_orders_partitions() {
         // Goal: with sorted bounds, a smaller key never lands in a later partition.
-        let p = RangePartitioner { bounds: vec![b"g".to_vec(), b"p".to_vec()] };
+        let p = RangePartitioner {
+            bounds: vec![b"g".to_vec(), b"p".to_vec()],
+        };
         assert_eq!(p.partition(b"a", 3), 0);
         assert_eq!(p.partition(b"g", 3), 1);
         assert_eq!(p.partition(b"o", 3), 1);

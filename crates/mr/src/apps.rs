@@ -235,7 +235,10 @@ pub struct GrepMapper {
 
 impl GrepMapper {
     pub fn new(pattern: &str) -> Result<Self, regex::Error> {
-        Ok(Self { regex: regex::bytes::Regex::new(pattern)?, counts: Counts::default() })
+        Ok(Self {
+            regex: regex::bytes::Regex::new(pattern)?,
+            counts: Counts::default(),
+        })
     }
 }
 
@@ -408,7 +411,10 @@ pub fn builtin_job(name: &str, params: &AppParams) -> Result<Job, String> {
         "indexer" => Ok(Job::new(IndexerMapper::default, || IndexerReducer)),
         "sort" => Ok(Job::new(|| LineMapper, || IdentityReducer).range_partitioned()),
         "distinct" => Ok(Job::new(DistinctMapper::default, || FirstOnly).combiner(|| FirstOnly)),
-        other => Err(format!("unknown app {other:?}; built-in apps are {}", APP_NAMES.join(", "))),
+        other => Err(format!(
+            "unknown app {other:?}; built-in apps are {}",
+            APP_NAMES.join(", ")
+        )),
     }
 }
 
@@ -419,15 +425,23 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for_each_word(text.as_bytes(), |w| out.push(String::from_utf8(w.to_vec()).unwrap()));
+        for_each_word(text.as_bytes(), |w| {
+            out.push(String::from_utf8(w.to_vec()).unwrap())
+        });
         out
     }
 
     #[test]
     fn words_are_maximal_alphabetic_runs() {
         // Goal: a word is a maximal run of Unicode letters, case kept, like tr -cs 'A-Za-z' on ASCII.
-        assert_eq!(words("Hello, world! it's 42x"), ["Hello", "world", "it", "s", "x"]);
-        assert_eq!(words("naïve café–Straße 日本語"), ["naïve", "café", "Straße", "日本語"]);
+        assert_eq!(
+            words("Hello, world! it's 42x"),
+            ["Hello", "world", "it", "s", "x"]
+        );
+        assert_eq!(
+            words("naïve café–Straße 日本語"),
+            ["naïve", "café", "Straße", "日本語"]
+        );
         assert_eq!(words(""), Vec::<String>::new());
         assert_eq!(words("a\u{00A0}b"), ["a", "b"]);
         let invalid = [b'a', 0xff, b'b', 0xc3];
@@ -444,10 +458,18 @@ mod tests {
         m.map("f", b"a b a", &mut out).unwrap();
         m.finish(&mut out).unwrap();
         out.0.sort();
-        assert_eq!(out.0, vec![(b"a".to_vec(), 2u64.to_le_bytes().to_vec()), (b"b".to_vec(), 1u64.to_le_bytes().to_vec())]);
+        assert_eq!(
+            out.0,
+            vec![
+                (b"a".to_vec(), 2u64.to_le_bytes().to_vec()),
+                (b"b".to_vec(), 1u64.to_le_bytes().to_vec())
+            ]
+        );
         let vals = vec![2u64.to_le_bytes().to_vec(), 5u64.to_le_bytes().to_vec()];
         let mut r = VecEmit::default();
-        SumReducer.reduce(b"a", &mut SliceValues::new(&vals), &mut r).unwrap();
+        SumReducer
+            .reduce(b"a", &mut SliceValues::new(&vals), &mut r)
+            .unwrap();
         assert_eq!(r.0, vec![(b"a".to_vec(), b"7".to_vec())]);
     }
 
@@ -459,10 +481,17 @@ mod tests {
         m.map("d2", b"x y x", &mut out).unwrap();
         m.map("d1", b"x", &mut out).unwrap();
         m.finish(&mut out).unwrap();
-        let xs: Vec<Vec<u8>> = out.0.iter().filter(|(k, _)| k == b"x").map(|(_, v)| v.clone()).collect();
+        let xs: Vec<Vec<u8>> = out
+            .0
+            .iter()
+            .filter(|(k, _)| k == b"x")
+            .map(|(_, v)| v.clone())
+            .collect();
         assert_eq!(xs.len(), 2);
         let mut r = VecEmit::default();
-        IndexerReducer.reduce(b"x", &mut SliceValues::new(&xs), &mut r).unwrap();
+        IndexerReducer
+            .reduce(b"x", &mut SliceValues::new(&xs), &mut r)
+            .unwrap();
         assert_eq!(r.0, vec![(b"x".to_vec(), b"2\td1,d2".to_vec())]);
     }
 }

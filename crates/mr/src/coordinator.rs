@@ -29,7 +29,8 @@ use crate::input::{expand_inputs, plan_splits, InputSplit};
 use crate::job::Job;
 use crate::proto;
 use crate::task_table::{
-    Action, AttemptId, Assignment, JobState, PhaseCounts, TaskId, TaskKind, TaskTable, TaskTableConfig, WorkerId,
+    Action, Assignment, AttemptId, JobState, PhaseCounts, TaskId, TaskKind, TaskTable, TaskTableConfig,
+    WorkerId,
 };
 
 /// How often the table is ticked (timeouts are detected within this much).
@@ -49,10 +50,19 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// Which functions a job runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum AppChoice {
-    Builtin { name: String, pattern: Option<String> },
-    Streaming { mapper: String, reducer: String, combiner: Option<String> },
+    Builtin {
+        name: String,
+        pattern: Option<String>,
+    },
+    Streaming {
+        mapper: String,
+        reducer: String,
+        combiner: Option<String>,
+    },
     /// A Rust job: its workers are built with its code ([`crate::run_worker`] with the `Job`).
-    Custom { name: String },
+    Custom {
+        name: String,
+    },
 }
 
 impl AppChoice {
@@ -74,7 +84,9 @@ impl AppChoice {
 
     fn from_spec(spec: &proto::JobSpec) -> Self {
         if let Some(name) = spec.app.strip_prefix("custom:") {
-            return AppChoice::Custom { name: name.to_string() };
+            return AppChoice::Custom {
+                name: name.to_string(),
+            };
         }
         if spec.app.is_empty() {
             AppChoice::Streaming {
@@ -197,10 +209,24 @@ pub struct JobStatus {
 
 #[derive(Serialize, Deserialize, Debug)]
 enum JournalRecord {
-    Header { job_id: String, fingerprint: String },
-    MapCommitted { map_idx: u32, attempt: u32, worker: u64, addr: String },
-    MapLost { map_idx: u32 },
-    ReduceCommitted { partition: u32, attempt: u32, worker: u64 },
+    Header {
+        job_id: String,
+        fingerprint: String,
+    },
+    MapCommitted {
+        map_idx: u32,
+        attempt: u32,
+        worker: u64,
+        addr: String,
+    },
+    MapLost {
+        map_idx: u32,
+    },
+    ReduceCommitted {
+        partition: u32,
+        attempt: u32,
+        worker: u64,
+    },
 }
 
 struct Journal {
@@ -212,7 +238,10 @@ impl Journal {
     fn append(&mut self, rec: &JournalRecord) -> Result<(), MrError> {
         let mut line = serde_json::to_vec(rec).expect("journal records serialize");
         line.push(b'\n');
-        let err = |e: std::io::Error| MrError::Journal { path: self.path.display().to_string(), reason: e.to_string() };
+        let err = |e: std::io::Error| MrError::Journal {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
         self.file.write_all(&line).map_err(err)?;
         self.file.sync_data().map_err(err)
     }
@@ -307,7 +336,10 @@ fn sample_bounds(splits: &[InputSplit], n_reduce: u32) -> Result<Vec<Vec<u8>>, M
     let per_split = (SAMPLE_KEYS_MAX / splits.len().max(1)).max(1);
     for split in splits {
         let r = &split.ranges[0];
-        let f = File::open(&r.path).map_err(|e| MrError::Input { path: r.path.clone(), error: e })?;
+        let f = File::open(&r.path).map_err(|e| MrError::Input {
+            path: r.path.clone(),
+            error: e,
+        })?;
         let mut reader = BufReader::new(f);
         std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(r.start))?;
         let mut line = Vec::new();
@@ -333,7 +365,9 @@ fn sample_bounds(splits: &[InputSplit], n_reduce: u32) -> Result<Vec<Vec<u8>>, M
     if sample.is_empty() {
         return Ok(Vec::new());
     }
-    Ok((1..n_reduce as usize).map(|i| sample[i * sample.len() / n_reduce as usize].clone()).collect())
+    Ok((1..n_reduce as usize)
+        .map(|i| sample[i * sample.len() / n_reduce as usize].clone())
+        .collect())
 }
 
 impl Coordinator {
@@ -344,12 +378,18 @@ impl Coordinator {
         let files = expand_inputs(&job.inputs)?;
         let splits = plan_splits(&files, job.split_size_bytes, job.combine_small_files);
         let output = job.output.clone();
-        let out_err = |e: std::io::Error| MrError::Output { path: output.display().to_string(), error: e };
+        let out_err = |e: std::io::Error| MrError::Output {
+            path: output.display().to_string(),
+            error: e,
+        };
         std::fs::create_dir_all(&output).map_err(out_err)?;
         let temp = output.join("_temporary");
         let journal_path = temp.join("journal");
         let fingerprint = serde_json::to_string(&(
-            files.iter().map(|(p, l)| (p.display().to_string(), *l)).collect::<Vec<_>>(),
+            files
+                .iter()
+                .map(|(p, l)| (p.display().to_string(), *l))
+                .collect::<Vec<_>>(),
             job.n_reduce,
             &job.app,
             job.split_size_bytes,
@@ -359,7 +399,10 @@ impl Coordinator {
 
         let records = read_journal(&journal_path);
         let resumed_id = match records.first() {
-            Some(JournalRecord::Header { job_id, fingerprint: f }) if *f == fingerprint => Some(job_id.clone()),
+            Some(JournalRecord::Header {
+                job_id,
+                fingerprint: f,
+            }) if *f == fingerprint => Some(job_id.clone()),
             _ => None,
         };
         let resumed = resumed_id.is_some();
@@ -383,21 +426,37 @@ impl Coordinator {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            format!("job-{:012x}", crate::record::fnv1a64(format!("{fingerprint}{nanos}{}", std::process::id()).as_bytes()) >> 16)
+            format!(
+                "job-{:012x}",
+                crate::record::fnv1a64(format!("{fingerprint}{nanos}{}", std::process::id()).as_bytes())
+                    >> 16
+            )
         });
         let journal_file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&journal_path)
-            .map_err(|e| MrError::Journal { path: journal_path.display().to_string(), reason: e.to_string() })?;
+            .map_err(|e| MrError::Journal {
+                path: journal_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if resumed {
             // Cut a torn tail so new records start on a line of their own.
-            let good: usize = records.iter().map(|r| serde_json::to_vec(r).expect("serializes").len() + 1).sum();
+            let good: usize = records
+                .iter()
+                .map(|r| serde_json::to_vec(r).expect("serializes").len() + 1)
+                .sum();
             journal_file.set_len(good as u64)?;
         }
-        let mut journal = Journal { path: journal_path, file: journal_file };
+        let mut journal = Journal {
+            path: journal_path,
+            file: journal_file,
+        };
         if !resumed {
-            journal.append(&JournalRecord::Header { job_id: job_id.clone(), fingerprint })?;
+            journal.append(&JournalRecord::Header {
+                job_id: job_id.clone(),
+                fingerprint,
+            })?;
         }
 
         let range_partitioned = match &job.app {
@@ -410,11 +469,31 @@ impl Coordinator {
             Vec::new()
         };
         let (app, mapper_cmd, reducer_cmd, combiner_cmd, pattern) = match &job.app {
-            AppChoice::Builtin { name, pattern } => (name.clone(), String::new(), String::new(), String::new(), pattern.clone().unwrap_or_default()),
-            AppChoice::Streaming { mapper, reducer, combiner } => {
-                (String::new(), mapper.clone(), reducer.clone(), combiner.clone().unwrap_or_default(), String::new())
-            }
-            AppChoice::Custom { name } => (format!("custom:{name}"), String::new(), String::new(), String::new(), String::new()),
+            AppChoice::Builtin { name, pattern } => (
+                name.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+                pattern.clone().unwrap_or_default(),
+            ),
+            AppChoice::Streaming {
+                mapper,
+                reducer,
+                combiner,
+            } => (
+                String::new(),
+                mapper.clone(),
+                reducer.clone(),
+                combiner.clone().unwrap_or_default(),
+                String::new(),
+            ),
+            AppChoice::Custom { name } => (
+                format!("custom:{name}"),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
         };
         let spec = proto::JobSpec {
             job_id,
@@ -425,7 +504,10 @@ impl Coordinator {
             combiner_cmd,
             pattern,
             partition_bounds: bounds,
-            output_dir: std::path::absolute(&output).unwrap_or(output.clone()).display().to_string(),
+            output_dir: std::path::absolute(&output)
+                .unwrap_or(output.clone())
+                .display()
+                .to_string(),
             map_buffer_bytes: job.map_buffer_bytes,
             reduce_buffer_bytes: job.reduce_buffer_bytes,
         };
@@ -440,15 +522,24 @@ impl Coordinator {
         let mut worker_addrs = HashMap::new();
         for rec in records.iter().skip(1) {
             match rec {
-                JournalRecord::MapCommitted { map_idx, attempt, worker, addr } if *map_idx < splits.len() as u32 => {
+                JournalRecord::MapCommitted {
+                    map_idx,
+                    attempt,
+                    worker,
+                    addr,
+                } if *map_idx < splits.len() as u32 => {
                     table.restore_map_committed(*map_idx, *attempt, WorkerId(*worker), addr);
                     worker_addrs.insert(WorkerId(*worker), addr.clone());
                 }
-                JournalRecord::MapLost { map_idx } if *map_idx < splits.len() as u32 => table.restore_map_lost(*map_idx),
-                JournalRecord::ReduceCommitted { partition, attempt, worker } if *partition < job.n_reduce => {
-                    if output.join(part_name(*partition)).exists() {
-                        table.restore_reduce_committed(*partition, *attempt, WorkerId(*worker));
-                    }
+                JournalRecord::MapLost { map_idx } if *map_idx < splits.len() as u32 => {
+                    table.restore_map_lost(*map_idx)
+                }
+                JournalRecord::ReduceCommitted {
+                    partition,
+                    attempt,
+                    worker,
+                } if *partition < job.n_reduce && output.join(part_name(*partition)).exists() => {
+                    table.restore_reduce_committed(*partition, *attempt, WorkerId(*worker));
                 }
                 _ => {}
             }
@@ -475,7 +566,12 @@ impl Coordinator {
         // A job with nothing left (every reduce committed before a restart, or no input at all
         // with every partition done) finishes at once.
         let start = Instant::now();
-        let coordinator = Self { state: Arc::new(Mutex::new(state)), changed: Arc::new(Notify::new()), start, config: Arc::new(config) };
+        let coordinator = Self {
+            state: Arc::new(Mutex::new(state)),
+            changed: Arc::new(Notify::new()),
+            start,
+            config: Arc::new(config),
+        };
         {
             let mut st = lock(&coordinator.state);
             coordinator.process_actions(&mut st);
@@ -499,25 +595,47 @@ impl Coordinator {
         let now = self.now_ms();
         for action in st.table.take_actions() {
             let result = match action {
-                Action::MapCommitted { map_idx, attempt, worker } => {
+                Action::MapCommitted {
+                    map_idx,
+                    attempt,
+                    worker,
+                } => {
                     let addr = st.worker_addrs.get(&worker).cloned().unwrap_or_default();
                     if st.table.counts().maps.done == st.table.counts().maps.total {
                         st.map_phase_end_ms = Some(now);
                     }
-                    st.journal.append(&JournalRecord::MapCommitted { map_idx, attempt, worker: worker.0, addr })
+                    st.journal.append(&JournalRecord::MapCommitted {
+                        map_idx,
+                        attempt,
+                        worker: worker.0,
+                        addr,
+                    })
                 }
                 Action::MapLost { map_idx } => {
                     st.map_phase_end_ms = None;
                     st.journal.append(&JournalRecord::MapLost { map_idx })
                 }
-                Action::ReduceCommitted { partition, attempt, worker } => {
+                Action::ReduceCommitted {
+                    partition,
+                    attempt,
+                    worker,
+                } => {
                     let target = st.output.join(part_name(partition));
                     match st.temp_outputs.remove(&(partition, attempt)) {
                         Some(temp) => match std::fs::rename(&temp, &target) {
-                            Ok(()) => st.journal.append(&JournalRecord::ReduceCommitted { partition, attempt, worker: worker.0 }),
-                            Err(e) => Err(MrError::Output { path: target.display().to_string(), error: e }),
+                            Ok(()) => st.journal.append(&JournalRecord::ReduceCommitted {
+                                partition,
+                                attempt,
+                                worker: worker.0,
+                            }),
+                            Err(e) => Err(MrError::Output {
+                                path: target.display().to_string(),
+                                error: e,
+                            }),
                         },
-                        None => Err(MrError::Config(format!("reduce task {partition} attempt {attempt} reported no output"))),
+                        None => Err(MrError::Config(format!(
+                            "reduce task {partition} attempt {attempt} reported no output"
+                        ))),
                     }
                 }
                 Action::Cancel { worker, attempt } => {
@@ -564,8 +682,16 @@ impl Coordinator {
         let map_start = st.map_phase_start_ms.unwrap_or(now);
         let map_end = st.map_phase_end_ms.unwrap_or(now);
         let reduce_end = st.reduce_phase_end_ms.unwrap_or(now);
-        let largest = st.partition_bytes.iter().max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p))).map(|(p, b)| (*p, *b));
-        let smallest = st.partition_bytes.iter().min_by_key(|(p, b)| (**b, **p)).map(|(p, b)| (*p, *b));
+        let largest = st
+            .partition_bytes
+            .iter()
+            .max_by_key(|(p, b)| (**b, std::cmp::Reverse(**p)))
+            .map(|(p, b)| (*p, *b));
+        let smallest = st
+            .partition_bytes
+            .iter()
+            .min_by_key(|(p, b)| (**b, **p))
+            .map(|(p, b)| (*p, *b));
         JobStatus {
             job_id: st.spec.job_id.clone(),
             state: state.to_string(),
@@ -583,10 +709,19 @@ impl Coordinator {
             workers_lost: c.workers_lost,
             counters: st.counters.clone(),
             map_phase_ms: map_end.saturating_sub(map_start),
-            reduce_phase_ms: if st.map_phase_end_ms.is_some() { reduce_end.saturating_sub(map_end) } else { 0 },
+            reduce_phase_ms: if st.map_phase_end_ms.is_some() {
+                reduce_end.saturating_sub(map_end)
+            } else {
+                0
+            },
             largest_partition: largest,
             smallest_partition: smallest,
-            running: st.table.running_attempts().iter().map(|(a, w)| format!("{a} on worker {w}")).collect(),
+            running: st
+                .table
+                .running_attempts()
+                .iter()
+                .map(|(a, w)| format!("{a} on worker {w}"))
+                .collect(),
             recent_failures: st.failures.iter().cloned().collect(),
             resumed: st.resumed,
         }
@@ -597,18 +732,21 @@ impl Coordinator {
     pub async fn serve(&self, listener: TcpListener) -> Result<JobReport, MrError> {
         let local = listener.local_addr()?;
         let shutdown = Arc::new(Notify::new());
-        let service = proto::coordinator_server::CoordinatorServer::new(Service { coordinator: self.clone() })
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let service = proto::coordinator_server::CoordinatorServer::new(Service {
+            coordinator: self.clone(),
+        })
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
         let server = {
             let shutdown = shutdown.clone();
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(service)
-                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                        shutdown.notified().await
-                    }),
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async move { shutdown.notified().await },
+                    ),
             )
         };
         tracing::info!(address = %local, job = %self.job_id(), "coordinator serving");
@@ -656,7 +794,10 @@ struct Service {
 
 fn attempt_of(is_map: bool, task_idx: u32, attempt: u32) -> AttemptId {
     let kind = if is_map { TaskKind::Map } else { TaskKind::Reduce };
-    AttemptId { task: TaskId { kind, idx: task_idx }, attempt }
+    AttemptId {
+        task: TaskId { kind, idx: task_idx },
+        attempt,
+    }
 }
 
 fn reregister() -> Status {
@@ -665,7 +806,10 @@ fn reregister() -> Status {
 
 #[tonic::async_trait]
 impl proto::coordinator_server::Coordinator for Service {
-    async fn register(&self, req: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterReply>, Status> {
+    async fn register(
+        &self,
+        req: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterReply>, Status> {
         let req = req.into_inner();
         let c = &self.coordinator;
         let mut st = lock(&c.state);
@@ -679,7 +823,10 @@ impl proto::coordinator_server::Coordinator for Service {
         }))
     }
 
-    async fn request_task(&self, req: Request<proto::TaskRequest>) -> Result<Response<proto::TaskReply>, Status> {
+    async fn request_task(
+        &self,
+        req: Request<proto::TaskRequest>,
+    ) -> Result<Response<proto::TaskReply>, Status> {
         let worker = WorkerId(req.into_inner().worker_id);
         let c = &self.coordinator;
         let mut st = lock(&c.state);
@@ -690,10 +837,16 @@ impl proto::coordinator_server::Coordinator for Service {
             st.table.request_task(now, worker).map_err(|_| reregister())?
         };
         let reply = match assignment {
-            Assignment::Wait => proto::TaskReply { kind: proto::task_reply::Kind::Wait as i32, ..Default::default() },
+            Assignment::Wait => proto::TaskReply {
+                kind: proto::task_reply::Kind::Wait as i32,
+                ..Default::default()
+            },
             Assignment::Exit => {
                 st.told_exit.insert(worker);
-                proto::TaskReply { kind: proto::task_reply::Kind::Exit as i32, ..Default::default() }
+                proto::TaskReply {
+                    kind: proto::task_reply::Kind::Exit as i32,
+                    ..Default::default()
+                }
             }
             Assignment::Run(attempt) => {
                 tracing::info!(%worker, %attempt, "assigned");
@@ -703,7 +856,11 @@ impl proto::coordinator_server::Coordinator for Service {
                         let inputs = st.splits[attempt.task.idx as usize]
                             .ranges
                             .iter()
-                            .map(|r| proto::InputRange { path: r.path.clone(), start: r.start, end: r.end })
+                            .map(|r| proto::InputRange {
+                                path: r.path.clone(),
+                                start: r.start,
+                                end: r.end,
+                            })
                             .collect();
                         proto::TaskReply {
                             kind: proto::task_reply::Kind::Map as i32,
@@ -719,7 +876,11 @@ impl proto::coordinator_server::Coordinator for Service {
                             .table
                             .map_outputs()
                             .into_iter()
-                            .map(|m| proto::MapLocation { map_idx: m.map_idx, attempt: m.attempt, addr: m.addr })
+                            .map(|m| proto::MapLocation {
+                                map_idx: m.map_idx,
+                                attempt: m.attempt,
+                                addr: m.addr,
+                            })
                             .collect();
                         proto::TaskReply {
                             kind: proto::task_reply::Kind::Reduce as i32,
@@ -736,7 +897,10 @@ impl proto::coordinator_server::Coordinator for Service {
         Ok(Response::new(reply))
     }
 
-    async fn report_task(&self, req: Request<proto::TaskReport>) -> Result<Response<proto::ReportReply>, Status> {
+    async fn report_task(
+        &self,
+        req: Request<proto::TaskReport>,
+    ) -> Result<Response<proto::ReportReply>, Status> {
         let r = req.into_inner();
         let c = &self.coordinator;
         let mut st = lock(&c.state);
@@ -748,7 +912,8 @@ impl proto::coordinator_server::Coordinator for Service {
             if !r.is_map {
                 let temp = PathBuf::from(&r.temp_output);
                 let temp_dir = st.output.join("_temporary");
-                let inside = temp.parent().and_then(|p| std::path::absolute(p).ok()) == std::path::absolute(&temp_dir).ok();
+                let inside = temp.parent().and_then(|p| std::path::absolute(p).ok())
+                    == std::path::absolute(&temp_dir).ok();
                 if !inside {
                     return Err(Status::invalid_argument(format!(
                         "reduce output {} is not in {}",
@@ -796,14 +961,21 @@ impl proto::coordinator_server::Coordinator for Service {
         Ok(Response::new(proto::ReportReply {}))
     }
 
-    async fn heartbeat(&self, req: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatReply>, Status> {
         let r = req.into_inner();
         let c = &self.coordinator;
         let mut st = lock(&c.state);
         let now = c.now_ms();
         let worker = WorkerId(r.worker_id);
         if st.table.heartbeat(now, worker).is_err() {
-            return Ok(Response::new(proto::HeartbeatReply { cancel: r.running, reregister: true, exit: false }));
+            return Ok(Response::new(proto::HeartbeatReply {
+                cancel: r.running,
+                reregister: true,
+                exit: false,
+            }));
         }
         let mut cancel = false;
         if r.running {
@@ -818,10 +990,17 @@ impl proto::coordinator_server::Coordinator for Service {
         if exit {
             st.told_exit.insert(worker);
         }
-        Ok(Response::new(proto::HeartbeatReply { cancel: cancel || exit, reregister: false, exit }))
+        Ok(Response::new(proto::HeartbeatReply {
+            cancel: cancel || exit,
+            reregister: false,
+            exit,
+        }))
     }
 
-    async fn report_fetch_failure(&self, req: Request<proto::FetchFailure>) -> Result<Response<proto::ReportReply>, Status> {
+    async fn report_fetch_failure(
+        &self,
+        req: Request<proto::FetchFailure>,
+    ) -> Result<Response<proto::ReportReply>, Status> {
         let r = req.into_inner();
         let c = &self.coordinator;
         let mut st = lock(&c.state);
@@ -830,20 +1009,29 @@ impl proto::coordinator_server::Coordinator for Service {
         st.table.heartbeat(now, worker).map_err(|_| reregister())?;
         let reduce = attempt_of(false, r.reduce_idx, r.reduce_attempt);
         tracing::warn!(%worker, %reduce, map_idx = r.map_idx, error = %r.error, "fetch failure");
-        st.table.fetch_failed(now, worker, reduce, r.map_idx, r.map_attempt);
+        st.table
+            .fetch_failed(now, worker, reduce, r.map_idx, r.map_attempt);
         c.process_actions(&mut st);
         Ok(Response::new(proto::ReportReply {}))
     }
 
-    async fn status(&self, _req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+    async fn status(
+        &self,
+        _req: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
         let status = self.coordinator.status();
-        Ok(Response::new(proto::StatusReply { json: serde_json::to_string(&status).expect("status serializes") }))
+        Ok(Response::new(proto::StatusReply {
+            json: serde_json::to_string(&status).expect("status serializes"),
+        }))
     }
 }
 
 /// Fetches a running coordinator's status document ([`JobStatus`] as JSON).
 pub async fn fetch_status(addr: &str, timeout: Duration) -> Result<serde_json::Value, MrError> {
-    let unreachable = |reason: String| MrError::CoordinatorUnreachable { addr: addr.to_string(), reason };
+    let unreachable = |reason: String| MrError::CoordinatorUnreachable {
+        addr: addr.to_string(),
+        reason,
+    };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| MrError::Config(format!("bad coordinator address {addr:?}: {e}")))?
         .connect_timeout(timeout)
@@ -852,6 +1040,10 @@ pub async fn fetch_status(addr: &str, timeout: Duration) -> Result<serde_json::V
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let mut client = proto::coordinator_client::CoordinatorClient::new(channel);
-    let reply = client.status(proto::StatusRequest {}).await.map_err(|e| unreachable(e.message().to_string()))?;
-    serde_json::from_str(&reply.into_inner().json).map_err(|e| MrError::Rpc(format!("bad status document: {e}")))
+    let reply = client
+        .status(proto::StatusRequest {})
+        .await
+        .map_err(|e| unreachable(e.message().to_string()))?;
+    serde_json::from_str(&reply.into_inner().json)
+        .map_err(|e| MrError::Rpc(format!("bad status document: {e}")))
 }

@@ -120,16 +120,24 @@ pub fn write_records(out: &mut impl Write, seed: u64, size_bytes: u64) -> io::Re
 /// Parses sizes like `512`, `64KiB`, `128MiB`, `1GiB`, `1.5G` (K/M/G/T are powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid size {text:?} (try 4096, 64MiB, 1GiB)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (try 4096, 64MiB, 1GiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("invalid size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, TiB)")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     Ok((value * mult as f64) as u64)
 }

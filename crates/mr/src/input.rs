@@ -31,15 +31,21 @@ fn has_glob_chars(s: &str) -> bool {
 /// start with `.` or `_`, as Hadoop does), or a file. Every file must be readable.
 pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
     if args.is_empty() {
-        return Err(MrError::Config("no input given (name files, directories or globs)".into()));
+        return Err(MrError::Config(
+            "no input given (name files, directories or globs)".into(),
+        ));
     }
     let mut files = Vec::new();
     for arg in args {
         let mut matched = Vec::new();
         if has_glob_chars(arg) {
-            let paths = glob::glob(arg).map_err(|e| MrError::Config(format!("invalid input pattern {arg:?}: {e}")))?;
+            let paths = glob::glob(arg)
+                .map_err(|e| MrError::Config(format!("invalid input pattern {arg:?}: {e}")))?;
             for p in paths {
-                let p = p.map_err(|e| MrError::Input { path: e.path().display().to_string(), error: e.into() })?;
+                let p = p.map_err(|e| MrError::Input {
+                    path: e.path().display().to_string(),
+                    error: e.into(),
+                })?;
                 if p.is_file() {
                     matched.push(p);
                 }
@@ -49,11 +55,20 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
             }
         } else {
             let p = PathBuf::from(arg);
-            let meta = std::fs::metadata(&p).map_err(|e| MrError::Input { path: arg.clone(), error: e })?;
+            let meta = std::fs::metadata(&p).map_err(|e| MrError::Input {
+                path: arg.clone(),
+                error: e,
+            })?;
             if meta.is_dir() {
-                let entries = std::fs::read_dir(&p).map_err(|e| MrError::Input { path: arg.clone(), error: e })?;
+                let entries = std::fs::read_dir(&p).map_err(|e| MrError::Input {
+                    path: arg.clone(),
+                    error: e,
+                })?;
                 for e in entries {
-                    let e = e.map_err(|e| MrError::Input { path: arg.clone(), error: e })?;
+                    let e = e.map_err(|e| MrError::Input {
+                        path: arg.clone(),
+                        error: e,
+                    })?;
                     let name = e.file_name().to_string_lossy().to_string();
                     if name.starts_with('.') || name.starts_with('_') {
                         continue;
@@ -72,10 +87,17 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
         }
         for p in matched {
             check_readable(&p)?;
-            let len = std::fs::metadata(&p).map_err(|e| MrError::Input { path: p.display().to_string(), error: e })?.len();
+            let len = std::fs::metadata(&p)
+                .map_err(|e| MrError::Input {
+                    path: p.display().to_string(),
+                    error: e,
+                })?
+                .len();
             files.push((p, len));
             if files.len() > INPUT_FILES_MAX {
-                return Err(MrError::Config(format!("more than {INPUT_FILES_MAX} input files")));
+                return Err(MrError::Config(format!(
+                    "more than {INPUT_FILES_MAX} input files"
+                )));
             }
         }
     }
@@ -83,11 +105,18 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<(PathBuf, u64)>, MrError> {
 }
 
 fn check_readable(p: &Path) -> Result<(), MrError> {
-    std::fs::File::open(p).map(|_| ()).map_err(|e| MrError::Input { path: p.display().to_string(), error: e })
+    std::fs::File::open(p).map(|_| ()).map_err(|e| MrError::Input {
+        path: p.display().to_string(),
+        error: e,
+    })
 }
 
 /// Cuts files into map tasks. Empty files make no task.
-pub fn plan_splits(files: &[(PathBuf, u64)], split_size_bytes: u64, combine_small_files: bool) -> Vec<InputSplit> {
+pub fn plan_splits(
+    files: &[(PathBuf, u64)],
+    split_size_bytes: u64,
+    combine_small_files: bool,
+) -> Vec<InputSplit> {
     assert!(split_size_bytes > 0);
     let mut splits = Vec::new();
     let mut pack: Vec<InputRange> = Vec::new();
@@ -99,17 +128,29 @@ pub fn plan_splits(files: &[(PathBuf, u64)], split_size_bytes: u64, combine_smal
         }
         if combine_small_files && *len < split_size_bytes {
             if pack_bytes + len > split_size_bytes && !pack.is_empty() {
-                splits.push(InputSplit { ranges: std::mem::take(&mut pack) });
+                splits.push(InputSplit {
+                    ranges: std::mem::take(&mut pack),
+                });
                 pack_bytes = 0;
             }
-            pack.push(InputRange { path, start: 0, end: *len });
+            pack.push(InputRange {
+                path,
+                start: 0,
+                end: *len,
+            });
             pack_bytes += len;
             continue;
         }
         let mut start = 0;
         while start < *len {
             let end = (start + split_size_bytes).min(*len);
-            splits.push(InputSplit { ranges: vec![InputRange { path: path.clone(), start, end }] });
+            splits.push(InputSplit {
+                ranges: vec![InputRange {
+                    path: path.clone(),
+                    start,
+                    end,
+                }],
+            });
             start = end;
         }
     }
@@ -148,7 +189,9 @@ mod tests {
         // Goal: a missing file and a glob without match are refused with the name in the message.
         let e = expand_inputs(&["/no/such/file".into()]).unwrap_err().to_string();
         assert!(e.contains("/no/such/file"), "{e}");
-        let e = expand_inputs(&["/no/such/dir/*.txt".into()]).unwrap_err().to_string();
+        let e = expand_inputs(&["/no/such/dir/*.txt".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("matches no file"), "{e}");
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use crate::api::{BoxError, Combiner, Emit, HashPartitioner, Mapper, Partitioner, RangePartitioner, Reducer};
 use crate::merge::{for_each_group, GroupError, Merger};
-use crate::shuffle::{MapCombiner, MapOutputBuffer, MapOutputFiles, PartitionCombiner, RecordSource};
+use crate::shuffle::{
+    MapCombiner, MapOutputBuffer, MapOutputFiles, PartitionCombiner, RecordSink, RecordSource,
+};
 
 /// Lines of a failing command's stderr kept for the job's error. Cost: at most this many
 /// lines of [`STDERR_LINE_BYTES_MAX`] bytes per running command.
@@ -82,7 +84,10 @@ impl Job {
         }
     }
 
-    pub fn combiner<C: Combiner + 'static>(mut self, combiner: impl Fn() -> C + Send + Sync + 'static) -> Self {
+    pub fn combiner<C: Combiner + 'static>(
+        mut self,
+        combiner: impl Fn() -> C + Send + Sync + 'static,
+    ) -> Self {
         self.combine = Some(Arc::new(move || Box::new(combiner())));
         self
     }
@@ -175,7 +180,8 @@ fn for_each_line(
     counters: &mut TaskCounters,
     mut f: impl FnMut(&[u8]) -> Result<(), TaskError>,
 ) -> Result<(), TaskError> {
-    let file = File::open(&range.path).map_err(|e| TaskError::Failed(format!("cannot read input {}: {e}", range.path)))?;
+    let file = File::open(&range.path)
+        .map_err(|e| TaskError::Failed(format!("cannot read input {}: {e}", range.path)))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut pos = range.start;
     let mut line = Vec::with_capacity(256);
@@ -187,7 +193,9 @@ fn for_each_line(
     let mut n_lines: u64 = 0;
     while pos < range.end {
         line.clear();
-        let n = (&mut r).take(LINE_BYTES_MAX as u64 + 1).read_until(b'\n', &mut line)?;
+        let n = (&mut r)
+            .take(LINE_BYTES_MAX as u64 + 1)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             break;
         }
@@ -206,7 +214,7 @@ fn for_each_line(
         }
         f(l)?;
         n_lines += 1;
-        if n_lines % 1024 == 0 {
+        if n_lines.is_multiple_of(1024) {
             ctx.progress.fetch_add(1024, Ordering::Relaxed);
             if ctx.cancel.load(Ordering::Relaxed) {
                 return Err(TaskError::Cancelled);
@@ -230,12 +238,16 @@ pub fn run_map_task(
 ) -> Result<(MapOutputFiles, TaskCounters), TaskError> {
     let partitioner: Arc<dyn Partitioner> = match (&job.partitioner, job.range_partitioned) {
         (Some(p), _) => p.clone(),
-        (None, true) => Arc::new(RangePartitioner { bounds: spec.bounds.to_vec() }),
+        (None, true) => Arc::new(RangePartitioner {
+            bounds: spec.bounds.to_vec(),
+        }),
         (None, false) => Arc::new(HashPartitioner),
     };
     let combiner = match (&job.combine, &job.combine_cmd) {
         (Some(f), _) => Some(MapCombiner::Keyed(f())),
-        (None, Some(cmd)) => Some(MapCombiner::Partition(Box::new(StreamingCombiner { cmd: cmd.clone() }))),
+        (None, Some(cmd)) => Some(MapCombiner::Partition(Box::new(StreamingCombiner {
+            cmd: cmd.clone(),
+        }))),
         (None, None) => None,
     };
     let mut buffer = MapOutputBuffer::new(
@@ -252,10 +264,14 @@ pub fn run_map_task(
             let mut mapper = factory();
             for range in spec.inputs {
                 for_each_line(range, ctx, &mut counters, |line| {
-                    mapper.map(&range.path, line, &mut buffer).map_err(|e| user_error("map function failed", e))
+                    mapper
+                        .map(&range.path, line, &mut buffer)
+                        .map_err(|e| user_error("map function failed", e))
                 })?;
             }
-            mapper.finish(&mut buffer).map_err(|e| user_error("map function failed", e))?;
+            mapper
+                .finish(&mut buffer)
+                .map_err(|e| user_error("map function failed", e))?;
         }
         MapFn::Streaming(cmd) => {
             for range in spec.inputs {
@@ -308,12 +324,16 @@ pub fn run_reduce_task(
     match &job.reduce {
         ReduceFn::Rust(factory) => {
             let mut reducer = factory();
-            let mut out = TextEmit { w: BufWriter::with_capacity(1 << 20, file), records: 0, bytes: 0 };
+            let mut out = TextEmit {
+                w: BufWriter::with_capacity(1 << 20, file),
+                records: 0,
+                bytes: 0,
+            };
             let mut n_keys: u64 = 0;
             let cancel = ctx.cancel;
             let result = for_each_group(&mut merger, |key, values| {
                 n_keys += 1;
-                if n_keys % 1024 == 0 {
+                if n_keys.is_multiple_of(1024) {
                     ctx.progress.fetch_add(1024, Ordering::Relaxed);
                     if cancel.load(Ordering::Relaxed) {
                         return Err("cancelled".into());
@@ -353,16 +373,29 @@ struct Streaming {
 impl Streaming {
     fn spawn(cmd: &str, input_path: Option<&str>, stdout: Stdio) -> Result<Self, TaskError> {
         let mut command = Command::new("sh");
-        command.arg("-c").arg(cmd).stdin(Stdio::piped()).stdout(stdout).stderr(Stdio::piped()).process_group(0);
+        command
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .process_group(0);
         if let Some(p) = input_path {
             command.env("SHOAL_MR_INPUT", p);
         }
-        let mut child = command.spawn().map_err(|e| TaskError::Failed(format!("cannot start `sh -c {cmd}`: {e}")))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| TaskError::Failed(format!("cannot start `sh -c {cmd}`: {e}")))?;
         let pgid = child.id();
         let stderr = child.stderr.take().expect("piped");
         let stderr = std::thread::spawn(move || stderr_tail(stderr));
         let child = Arc::new(Mutex::new(child));
-        Ok(Self { child, pgid, stderr: Some(stderr), cmd: cmd.to_string() })
+        Ok(Self {
+            child,
+            pgid,
+            stderr: Some(stderr),
+            cmd: cmd.to_string(),
+        })
     }
 
     fn kill(&self) {
@@ -380,7 +413,11 @@ impl Streaming {
     /// Waits for the command; an error names the command, its exit status and stderr tail.
     fn finish(mut self, role: &str, what: &str) -> Result<(), TaskError> {
         let status: ExitStatus = self.child.lock().expect("child lock").wait()?;
-        let tail = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let tail = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         if status.success() {
             return Ok(());
         }
@@ -544,7 +581,7 @@ fn run_streaming_reduce(
             w.write_all(&kv.1)?;
             w.write_all(b"\n")?;
             counters.records_in += 1;
-            if counters.records_in % 1024 == 0 {
+            if counters.records_in.is_multiple_of(1024) {
                 ctx.progress.fetch_add(1024, Ordering::Relaxed);
             }
             merger.recycle(kv);
@@ -572,7 +609,7 @@ impl PartitionCombiner for StreamingCombiner {
     fn combine_partition(
         &mut self,
         input: &mut RecordSource<'_>,
-        out: &mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>,
+        out: &mut RecordSink<'_>,
     ) -> io::Result<()> {
         let to_io = |e: TaskError| io::Error::other(e.to_string());
         let s = Streaming::spawn(&self.cmd, None, Stdio::piped()).map_err(to_io)?;

@@ -40,7 +40,9 @@ pub mod proto {
     tonic::include_proto!("shoal.mr.v1");
 }
 
-pub use api::{BoxError, Combiner, Emit, HashPartitioner, Mapper, Partitioner, RangePartitioner, Reducer, Values};
+pub use api::{
+    BoxError, Combiner, Emit, HashPartitioner, Mapper, Partitioner, RangePartitioner, Reducer, Values,
+};
 pub use coordinator::{AppChoice, Coordinator, CoordinatorConfig, JobConfig, JobReport, JobStatus};
 pub use error::MrError;
 pub use job::Job;
@@ -57,7 +59,11 @@ pub const SPLIT_SIZE_BYTES_DEFAULT: u64 = 128 << 20;
 /// Runs a whole job in this process: the coordinator on a loopback port and `n_workers`
 /// workers talking to it over gRPC exactly as remote ones would. `job` overrides the
 /// coordinator's functions (a Rust job); `None` runs the app or commands it names.
-pub async fn run_local(coordinator: Coordinator, n_workers: usize, job: Option<Job>) -> Result<JobReport, MrError> {
+pub async fn run_local(
+    coordinator: Coordinator,
+    n_workers: usize,
+    job: Option<Job>,
+) -> Result<JobReport, MrError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let serve = {
@@ -69,7 +75,9 @@ pub async fn run_local(coordinator: Coordinator, n_workers: usize, job: Option<J
         let config = WorkerConfig::new(&addr);
         workers.push(tokio::spawn(run_worker(config, job.clone())));
     }
-    let report = serve.await.map_err(|e| MrError::Rpc(format!("coordinator task: {e}")))??;
+    let report = serve
+        .await
+        .map_err(|e| MrError::Rpc(format!("coordinator task: {e}")))??;
     for w in workers {
         match w.await {
             Ok(Ok(_)) => {}

@@ -48,7 +48,12 @@ pub struct Merger {
 
 impl Merger {
     pub fn new(sources: Vec<RecordReader>) -> io::Result<Self> {
-        let mut m = Self { heap: BinaryHeap::with_capacity(sources.len()), sources, spare: Vec::new(), error: None };
+        let mut m = Self {
+            heap: BinaryHeap::with_capacity(sources.len()),
+            sources,
+            spare: Vec::new(),
+            error: None,
+        };
         for src in 0..m.sources.len() {
             m.refill(src)?;
         }
@@ -131,12 +136,19 @@ pub fn for_each_group(
         match merger.peek_key() {
             None => break,
             Some(k) => {
-                assert!(key.is_empty() || key.as_slice() < k, "merge output must be sorted");
+                assert!(
+                    key.is_empty() || key.as_slice() < k,
+                    "merge output must be sorted"
+                );
                 key.clear();
                 key.extend_from_slice(k);
             }
         }
-        let mut values = MergeValues { merger: &mut *merger, key: &key, current: None };
+        let mut values = MergeValues {
+            merger: &mut *merger,
+            key: &key,
+            current: None,
+        };
         f(&key, &mut values).map_err(GroupError::User)?;
         // Values the function did not read still belong to this key.
         while values.next_value().is_some() {}

@@ -61,7 +61,14 @@ pub struct Segment {
 
 impl<W: Write> RecordWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, scratch: Vec::with_capacity(256), bytes: 0, segment_start: 0, segment_records: 0, segment_crc: 0 }
+        Self {
+            inner,
+            scratch: Vec::with_capacity(256),
+            bytes: 0,
+            segment_start: 0,
+            segment_records: 0,
+            segment_crc: 0,
+        }
     }
 
     pub fn write(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
@@ -94,7 +101,10 @@ impl<W: Write> RecordWriter<W> {
 }
 
 pub fn create_writer(path: &Path) -> io::Result<RecordWriter<BufWriter<File>>> {
-    Ok(RecordWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?)))
+    Ok(RecordWriter::new(BufWriter::with_capacity(
+        1 << 20,
+        File::create(path)?,
+    )))
 }
 
 /// Reads records with its own buffer (fewer calls than `BufRead` for tiny fields).
@@ -116,12 +126,24 @@ impl RecordReader {
 
     pub fn with_buffer(inner: Box<dyn Read + Send>, len: u64, buffer_bytes: usize) -> Self {
         let cap = (buffer_bytes as u64).min(len.max(16)) as usize;
-        Self { inner, buf: vec![0; cap], pos: 0, len: 0, remaining: len }
+        Self {
+            inner,
+            buf: vec![0; cap],
+            pos: 0,
+            len: 0,
+            remaining: len,
+        }
     }
 
     pub fn from_vec(data: Vec<u8>) -> Self {
         let len = data.len();
-        Self { inner: Box::new(io::empty()), buf: data, pos: 0, len, remaining: 0 }
+        Self {
+            inner: Box::new(io::empty()),
+            buf: data,
+            pos: 0,
+            len,
+            remaining: 0,
+        }
     }
 
     fn fill(&mut self) -> io::Result<bool> {
@@ -134,7 +156,10 @@ impl RecordReader {
         let want = (self.buf.len() as u64).min(self.remaining) as usize;
         let n = self.inner.read(&mut self.buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "intermediate data ends inside a segment"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "intermediate data ends inside a segment",
+            ));
         }
         self.pos = 0;
         self.len = n;
@@ -206,7 +231,10 @@ impl RecordReader {
 }
 
 fn corrupt(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt intermediate data: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt intermediate data: {what}"),
+    )
 }
 
 /// Writes a map output index next to its data file.
@@ -263,8 +291,9 @@ mod tests {
         // Goal: records of every size survive encode/decode even when the read buffer is smaller
         // than a record, and a truncated stream is an error rather than a silent end.
         let mut data = Vec::new();
-        let records: Vec<(Vec<u8>, Vec<u8>)> =
-            (0..200).map(|i| (vec![b'k'; i * 3], vec![i as u8; (i * 7) % 300])).collect();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..200)
+            .map(|i| (vec![b'k'; i * 3], vec![i as u8; (i * 7) % 300]))
+            .collect();
         for (k, v) in &records {
             encode_record(&mut data, k, v);
         }
@@ -277,7 +306,8 @@ mod tests {
         }
         assert!(!r.next_into(&mut k, &mut v).unwrap());
         let cut = data.len() as u64 - 3;
-        let mut r = RecordReader::with_buffer(Box::new(io::Cursor::new(data[..cut as usize].to_vec())), cut, 64);
+        let mut r =
+            RecordReader::with_buffer(Box::new(io::Cursor::new(data[..cut as usize].to_vec())), cut, 64);
         let mut err = None;
         for _ in 0..records.len() {
             match r.next_into(&mut k, &mut v) {
@@ -298,8 +328,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.index");
         let segs = vec![
-            Segment { offset: 0, len: 10, n_records: 2, crc32c: 5 },
-            Segment { offset: 10, len: 0, n_records: 0, crc32c: 0 },
+            Segment {
+                offset: 0,
+                len: 10,
+                n_records: 2,
+                crc32c: 5,
+            },
+            Segment {
+                offset: 10,
+                len: 0,
+                n_records: 0,
+                crc32c: 0,
+            },
         ];
         write_index(&path, &segs).unwrap();
         assert_eq!(read_index(&path).unwrap(), segs);

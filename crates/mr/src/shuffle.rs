@@ -19,15 +19,14 @@ use crate::record::{self, RecordReader, RecordWriter, Segment};
 
 /// Pulls the next record of a sorted run (owned, for a combiner running in another thread).
 pub type RecordSource<'a> = dyn FnMut() -> io::Result<Option<(Vec<u8>, Vec<u8>)>> + Send + 'a;
+/// Takes a combiner's output records.
+pub type RecordSink<'a> = dyn FnMut(&[u8], &[u8]) -> io::Result<()> + 'a;
 
 /// A combiner that sees a whole sorted partition of a spill at once (a streaming command
 /// reads it on stdin). It must write records in key order.
 pub trait PartitionCombiner: Send {
-    fn combine_partition(
-        &mut self,
-        input: &mut RecordSource<'_>,
-        out: &mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>,
-    ) -> io::Result<()>;
+    fn combine_partition(&mut self, input: &mut RecordSource<'_>, out: &mut RecordSink<'_>)
+        -> io::Result<()>;
 }
 
 /// How map output is combined before it is written.
@@ -39,7 +38,12 @@ pub enum MapCombiner {
 }
 
 /// Writes a partition combiner's output, refusing keys out of order.
-fn write_sorted<W: Write>(w: &mut RecordWriter<W>, last: &mut Option<Vec<u8>>, key: &[u8], value: &[u8]) -> io::Result<()> {
+fn write_sorted<W: Write>(
+    w: &mut RecordWriter<W>,
+    last: &mut Option<Vec<u8>>,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
     if let Some(l) = last.as_deref() {
         if key < l {
             return Err(io::Error::new(
@@ -159,7 +163,10 @@ impl<'a> MapOutputBuffer<'a> {
                     let mut input = || {
                         let Some(e) = part.get(next) else { return Ok(None) };
                         next += 1;
-                        Ok(Some((entry_key(arena, e).to_vec(), entry_value(arena, e).to_vec())))
+                        Ok(Some((
+                            entry_key(arena, e).to_vec(),
+                            entry_value(arena, e).to_vec(),
+                        )))
                     };
                     let mut last = None;
                     c.combine_partition(&mut input, &mut |k, v| write_sorted(&mut w, &mut last, k, v))?;
@@ -172,7 +179,10 @@ impl<'a> MapOutputBuffer<'a> {
                         while k < part.len() && entry_key(arena, &part[k]) == key {
                             k += 1;
                         }
-                        let mut values = EntryValues { arena, entries: &part[j..k] };
+                        let mut values = EntryValues {
+                            arena,
+                            entries: &part[j..k],
+                        };
                         let mut out = CheckedEmit { key, w: &mut w, n: 0 };
                         c.combine(key, &mut values, &mut out).map_err(io::Error::other)?;
                         j = k;
@@ -203,7 +213,9 @@ impl<'a> MapOutputBuffer<'a> {
             // Intermediate passes bound the fan-in; the last pass writes the final file.
             let n = self.spills.len().min(MERGE_FAN_IN_MAX);
             let group: Vec<Spill> = self.spills.drain(..n).collect();
-            let path = self.dir.join(format!("{}.merge{}", self.name, self.stats.n_spills));
+            let path = self
+                .dir
+                .join(format!("{}.merge{}", self.name, self.stats.n_spills));
             self.stats.n_spills += 1;
             let merged = merge_spills(&group, &path, self.n_reduce, &mut self.combiner)?;
             for s in &group {
@@ -218,7 +230,14 @@ impl<'a> MapOutputBuffer<'a> {
         record::write_index(&index, &spill.segments)?;
         self.stats.records_written = spill.segments.iter().map(|s| s.n_records).sum();
         self.stats.bytes_written = spill.segments.iter().map(|s| s.len).sum();
-        Ok((MapOutputFiles { data, index, segments: spill.segments }, self.stats))
+        Ok((
+            MapOutputFiles {
+                data,
+                index,
+                segments: spill.segments,
+            },
+            self.stats,
+        ))
     }
 }
 
@@ -227,7 +246,12 @@ impl Emit for MapOutputBuffer<'_> {
         if key.len() > record::RECORD_FIELD_BYTES_MAX || value.len() > record::RECORD_FIELD_BYTES_MAX {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("record too large: key {} bytes, value {} bytes (limit {} each)", key.len(), value.len(), record::RECORD_FIELD_BYTES_MAX),
+                format!(
+                    "record too large: key {} bytes, value {} bytes (limit {} each)",
+                    key.len(),
+                    value.len(),
+                    record::RECORD_FIELD_BYTES_MAX
+                ),
             ));
         }
         let needed = key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
@@ -235,11 +259,20 @@ impl Emit for MapOutputBuffer<'_> {
             self.spill()?;
         }
         let partition = self.partitioner.partition(key, self.n_reduce);
-        assert!(partition < self.n_reduce, "partitioner returned {partition} for R = {}", self.n_reduce);
+        assert!(
+            partition < self.n_reduce,
+            "partitioner returned {partition} for R = {}",
+            self.n_reduce
+        );
         let offset = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value);
-        self.entries.push(Entry { partition, offset, key_len: key.len() as u32, value_len: value.len() as u32 });
+        self.entries.push(Entry {
+            partition,
+            offset,
+            key_len: key.len() as u32,
+            value_len: value.len() as u32,
+        });
         self.stats.records_emitted += 1;
         Ok(())
     }
@@ -332,7 +365,10 @@ fn merge_spills(
         segments.push(w.end_segment());
     }
     w.into_inner().flush()?;
-    Ok(Spill { path: path.to_path_buf(), segments })
+    Ok(Spill {
+        path: path.to_path_buf(),
+        segments,
+    })
 }
 
 /// A reduce task's fetched inputs, in bounded memory.
@@ -383,7 +419,10 @@ impl ReduceInputs {
         self.in_memory_bytes += data.len();
         self.in_memory.push(data);
         if self.in_memory_bytes > self.budget_bytes || self.in_memory.len() >= MERGE_FAN_IN_MAX {
-            let sources = std::mem::take(&mut self.in_memory).into_iter().map(RecordReader::from_vec).collect();
+            let sources = std::mem::take(&mut self.in_memory)
+                .into_iter()
+                .map(RecordReader::from_vec)
+                .collect();
             self.in_memory_bytes = 0;
             let path = self.next_run_path();
             let len = merge_to_file(sources, &path)?;
@@ -398,7 +437,17 @@ impl ReduceInputs {
             let group: Vec<(PathBuf, u64)> = self.runs.drain(..MERGE_FAN_IN_MAX).collect();
             let sources = group
                 .iter()
-                .map(|(p, len)| open_segment(p, &Segment { offset: 0, len: *len, n_records: 0, crc32c: 0 }))
+                .map(|(p, len)| {
+                    open_segment(
+                        p,
+                        &Segment {
+                            offset: 0,
+                            len: *len,
+                            n_records: 0,
+                            crc32c: 0,
+                        },
+                    )
+                })
                 .collect::<io::Result<Vec<_>>>()?;
             let path = self.next_run_path();
             let len = merge_to_file(sources, &path)?;
@@ -414,7 +463,15 @@ impl ReduceInputs {
     pub fn into_merger(self) -> io::Result<Merger> {
         let mut sources = Vec::with_capacity(self.runs.len() + self.in_memory.len());
         for (p, len) in &self.runs {
-            sources.push(open_segment(p, &Segment { offset: 0, len: *len, n_records: 0, crc32c: 0 })?);
+            sources.push(open_segment(
+                p,
+                &Segment {
+                    offset: 0,
+                    len: *len,
+                    n_records: 0,
+                    crc32c: 0,
+                },
+            )?);
         }
         sources.extend(self.in_memory.into_iter().map(RecordReader::from_vec));
         Merger::new(sources)
@@ -441,7 +498,12 @@ mod tests {
 
     struct Sum;
     impl Combiner for Sum {
-        fn combine(&mut self, key: &[u8], values: &mut dyn Values, out: &mut dyn Emit) -> Result<(), BoxError> {
+        fn combine(
+            &mut self,
+            key: &[u8],
+            values: &mut dyn Values,
+            out: &mut dyn Emit,
+        ) -> Result<(), BoxError> {
             let mut n = 0;
             while let Some(v) = values.next_value() {
                 n += read_u64(v)?;
@@ -472,20 +534,32 @@ mod tests {
         // with a combiner the counts still add up.
         for with_combiner in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let combiner = if with_combiner { Some(MapCombiner::Keyed(Box::new(Sum))) } else { None };
-            let mut buf = MapOutputBuffer::new(dir.path(), "map-00000-0", 3, 4 << 10, &HashPartitioner, combiner);
+            let combiner = if with_combiner {
+                Some(MapCombiner::Keyed(Box::new(Sum)))
+            } else {
+                None
+            };
+            let mut buf =
+                MapOutputBuffer::new(dir.path(), "map-00000-0", 3, 4 << 10, &HashPartitioner, combiner);
             let mut expected: BTreeMap<String, u64> = BTreeMap::new();
             for w in words(20_000) {
                 buf.emit_u64(w.as_bytes(), 1).unwrap();
                 *expected.entry(w).or_default() += 1;
             }
             let (files, stats) = buf.finish().unwrap();
-            assert!(stats.n_spills > MERGE_FAN_IN_MAX as u64, "expected many spills, got {}", stats.n_spills);
+            assert!(
+                stats.n_spills > MERGE_FAN_IN_MAX as u64,
+                "expected many spills, got {}",
+                stats.n_spills
+            );
             assert_eq!(files.segments.len(), 3);
             let mut got: BTreeMap<String, u64> = BTreeMap::new();
             for p in 0..3 {
                 let recs = read_partition(&files, p);
-                assert!(recs.windows(2).all(|w| w[0].0 <= w[1].0), "partition {p} not sorted");
+                assert!(
+                    recs.windows(2).all(|w| w[0].0 <= w[1].0),
+                    "partition {p} not sorted"
+                );
                 for (k, v) in recs {
                     assert_eq!(HashPartitioner.partition(&k, 3), p as u32);
                     *got.entry(String::from_utf8(k).unwrap()).or_default() += read_u64(&v).unwrap();
@@ -493,8 +567,10 @@ mod tests {
             }
             assert_eq!(got, expected);
             // Only the data file and its index remain.
-            let mut names: Vec<String> =
-                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             names.sort();
             assert_eq!(names, vec!["map-00000-0.data", "map-00000-0.index"]);
             assert_eq!(record::read_index(&files.index).unwrap(), files.segments);
@@ -509,7 +585,9 @@ mod tests {
         let mut inputs = ReduceInputs::new(dir.path(), "reduce-0", 4 << 10);
         let mut all = Vec::new();
         for seg in 0..700u32 {
-            let mut recs: Vec<Vec<u8>> = (0..100u32).map(|i| format!("{:06}", (i * 31 + seg * 17) % 5000).into_bytes()).collect();
+            let mut recs: Vec<Vec<u8>> = (0..100u32)
+                .map(|i| format!("{:06}", (i * 31 + seg * 17) % 5000).into_bytes())
+                .collect();
             recs.sort();
             let mut data = Vec::new();
             for r in &recs {

@@ -53,10 +53,16 @@ pub struct TaskId {
 
 impl TaskId {
     pub fn map(idx: u32) -> Self {
-        Self { kind: TaskKind::Map, idx }
+        Self {
+            kind: TaskKind::Map,
+            idx,
+        }
     }
     pub fn reduce(idx: u32) -> Self {
-        Self { kind: TaskKind::Reduce, idx }
+        Self {
+            kind: TaskKind::Reduce,
+            idx,
+        }
     }
 }
 
@@ -113,11 +119,19 @@ pub enum Assignment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// A map attempt's output is now the task's output, served by `worker`.
-    MapCommitted { map_idx: u32, attempt: u32, worker: WorkerId },
+    MapCommitted {
+        map_idx: u32,
+        attempt: u32,
+        worker: WorkerId,
+    },
     /// A completed map task's output is no longer usable; the task runs again.
     MapLost { map_idx: u32 },
     /// A reduce attempt won: move its temporary output to `part-r-NNNNN`, then journal it.
-    ReduceCommitted { partition: u32, attempt: u32, worker: WorkerId },
+    ReduceCommitted {
+        partition: u32,
+        attempt: u32,
+        worker: WorkerId,
+    },
     /// Tell `worker` to abandon `attempt` (timed out, or another attempt won).
     Cancel { worker: WorkerId, attempt: AttemptId },
     /// Every reduce task is committed.
@@ -309,7 +323,12 @@ impl TaskTable {
 
     /// An attempt made progress (records read or written went up).
     pub fn progress(&mut self, now_ms: u64, worker: WorkerId, attempt: AttemptId) {
-        if let Some(r) = self.task_mut(attempt.task).running.iter_mut().find(|r| r.attempt == attempt.attempt) {
+        if let Some(r) = self
+            .task_mut(attempt.task)
+            .running
+            .iter_mut()
+            .find(|r| r.attempt == attempt.attempt)
+        {
             if r.worker == worker {
                 r.last_progress_ms = now_ms;
             }
@@ -326,16 +345,28 @@ impl TaskTable {
         self.drop_attempts_of(worker);
 
         if let Some(idx) = self.pick_idle(TaskKind::Map, worker) {
-            return Ok(Assignment::Run(self.start_attempt(now_ms, TaskId::map(idx), worker)));
+            return Ok(Assignment::Run(self.start_attempt(
+                now_ms,
+                TaskId::map(idx),
+                worker,
+            )));
         }
         let all_maps_done = self.maps.iter().all(|t| t.done.is_some());
         if all_maps_done {
             if let Some(idx) = self.pick_idle(TaskKind::Reduce, worker) {
-                return Ok(Assignment::Run(self.start_attempt(now_ms, TaskId::reduce(idx), worker)));
+                return Ok(Assignment::Run(self.start_attempt(
+                    now_ms,
+                    TaskId::reduce(idx),
+                    worker,
+                )));
             }
         }
         if self.config.speculation {
-            let kind = if all_maps_done { TaskKind::Reduce } else { TaskKind::Map };
+            let kind = if all_maps_done {
+                TaskKind::Reduce
+            } else {
+                TaskKind::Map
+            };
             if let Some(idx) = self.pick_straggler(now_ms, kind, worker) {
                 self.counts.backup_attempts += 1;
                 let task = TaskId { kind, idx };
@@ -356,7 +387,11 @@ impl TaskTable {
                     map_idx: idx as u32,
                     attempt: done.attempt,
                     worker: done.worker,
-                    addr: self.workers.get(&done.worker).map(|w| w.addr.clone()).unwrap_or_default(),
+                    addr: self
+                        .workers
+                        .get(&done.worker)
+                        .map(|w| w.addr.clone())
+                        .unwrap_or_default(),
                 })
             })
             .collect()
@@ -372,18 +407,28 @@ impl TaskTable {
         }
         let duration_ms = now_ms.saturating_sub(run.started_ms);
         let task = self.task_mut(attempt.task);
-        task.done = Some(Done { attempt: attempt.attempt, worker });
+        task.done = Some(Done {
+            attempt: attempt.attempt,
+            worker,
+        });
         let losers = std::mem::take(&mut task.running);
         for loser in losers {
             self.actions.push(Action::Cancel {
                 worker: loser.worker,
-                attempt: AttemptId { task: attempt.task, attempt: loser.attempt },
+                attempt: AttemptId {
+                    task: attempt.task,
+                    attempt: loser.attempt,
+                },
             });
         }
         match attempt.task.kind {
             TaskKind::Map => {
                 self.finished_map_ms.push(duration_ms);
-                self.actions.push(Action::MapCommitted { map_idx: attempt.task.idx, attempt: attempt.attempt, worker });
+                self.actions.push(Action::MapCommitted {
+                    map_idx: attempt.task.idx,
+                    attempt: attempt.attempt,
+                    worker,
+                });
             }
             TaskKind::Reduce => {
                 self.finished_reduce_ms.push(duration_ms);
@@ -400,7 +445,13 @@ impl TaskTable {
 
     /// An attempt failed (the user function returned an error or its command exited non-zero).
     /// Counts towards `max_attempts`.
-    pub fn task_failed(&mut self, _now_ms: u64, worker: WorkerId, attempt: AttemptId, reason: &str) -> Report {
+    pub fn task_failed(
+        &mut self,
+        _now_ms: u64,
+        worker: WorkerId,
+        attempt: AttemptId,
+        reason: &str,
+    ) -> Report {
         if self.take_running(attempt, worker).is_none() {
             return Report::Stale;
         }
@@ -446,7 +497,9 @@ impl TaskTable {
         let lost: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.alive && now_ms.saturating_sub(w.last_seen_ms) >= self.config.worker_timeout_ms)
+            .filter(|(_, w)| {
+                w.alive && now_ms.saturating_sub(w.last_seen_ms) >= self.config.worker_timeout_ms
+            })
             .map(|(id, _)| *id)
             .collect();
         for worker in lost {
@@ -459,7 +512,13 @@ impl TaskTable {
             for (idx, task) in tasks.iter().enumerate() {
                 for r in &task.running {
                     if now_ms.saturating_sub(r.last_progress_ms) >= timeout_ms {
-                        let attempt = AttemptId { task: TaskId { kind, idx: idx as u32 }, attempt: r.attempt };
+                        let attempt = AttemptId {
+                            task: TaskId {
+                                kind,
+                                idx: idx as u32,
+                            },
+                            attempt: r.attempt,
+                        };
                         timed_out.push((r.worker, attempt));
                     }
                 }
@@ -502,7 +561,10 @@ impl TaskTable {
 
     pub fn counts(&self) -> TableCounts {
         let phase = |tasks: &[Task]| {
-            let mut c = PhaseCounts { total: tasks.len() as u32, ..Default::default() };
+            let mut c = PhaseCounts {
+                total: tasks.len() as u32,
+                ..Default::default()
+            };
             for t in tasks {
                 if t.done.is_some() {
                     c.done += 1;
@@ -524,7 +586,11 @@ impl TaskTable {
 
     /// Live workers, for the shell to tell them to exit when the job is over.
     pub fn live_workers(&self) -> Vec<WorkerId> {
-        self.workers.iter().filter(|(_, w)| w.alive).map(|(id, _)| *id).collect()
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.alive)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Running attempts, for status displays.
@@ -533,7 +599,13 @@ impl TaskTable {
         for (kind, tasks) in [(TaskKind::Map, &self.maps), (TaskKind::Reduce, &self.reduces)] {
             for (idx, t) in tasks.iter().enumerate() {
                 for r in &t.running {
-                    let attempt = AttemptId { task: TaskId { kind, idx: idx as u32 }, attempt: r.attempt };
+                    let attempt = AttemptId {
+                        task: TaskId {
+                            kind,
+                            idx: idx as u32,
+                        },
+                        attempt: r.attempt,
+                    };
                     out.push((attempt, r.worker));
                 }
             }
@@ -543,7 +615,10 @@ impl TaskTable {
 
     /// Whether `attempt` is still running on `worker` (a worker checks before committing work).
     pub fn is_running(&self, attempt: AttemptId, worker: WorkerId) -> bool {
-        self.task(attempt.task).running.iter().any(|r| r.attempt == attempt.attempt && r.worker == worker)
+        self.task(attempt.task)
+            .running
+            .iter()
+            .any(|r| r.attempt == attempt.attempt && r.worker == worker)
     }
 
     fn task(&self, id: TaskId) -> &Task {
@@ -569,7 +644,10 @@ impl TaskTable {
             return None;
         }
         let task = self.task_mut(attempt.task);
-        let pos = task.running.iter().position(|r| r.attempt == attempt.attempt && r.worker == worker)?;
+        let pos = task
+            .running
+            .iter()
+            .position(|r| r.attempt == attempt.attempt && r.worker == worker)?;
         Some(task.running.swap_remove(pos))
     }
 
@@ -591,7 +669,10 @@ impl TaskTable {
         task.failed_on.push(worker);
         task.last_error = Some(reason.clone());
         if task.n_failures >= max_attempts && task.done.is_none() {
-            let reason = format!("{id} failed {} times (--max-attempts {max_attempts}); last error: {reason}", task.n_failures);
+            let reason = format!(
+                "{id} failed {} times (--max-attempts {max_attempts}); last error: {reason}",
+                task.n_failures
+            );
             let mut running: Vec<(WorkerId, AttemptId)> = Vec::new();
             for (attempt, w) in self.running_attempts() {
                 running.push((w, attempt));
@@ -602,7 +683,10 @@ impl TaskTable {
             for t in self.maps.iter_mut().chain(self.reduces.iter_mut()) {
                 t.running.clear();
             }
-            self.state = JobState::Failed { task: id, reason: reason.clone() };
+            self.state = JobState::Failed {
+                task: id,
+                reason: reason.clone(),
+            };
             self.actions.push(Action::JobFailed { task: id, reason });
         }
     }
@@ -612,7 +696,12 @@ impl TaskTable {
         let task = self.task_mut(id);
         let attempt = task.next_attempt;
         task.next_attempt += 1;
-        task.running.push(RunningAttempt { attempt, worker, started_ms: now_ms, last_progress_ms: now_ms });
+        task.running.push(RunningAttempt {
+            attempt,
+            worker,
+            started_ms: now_ms,
+            last_progress_ms: now_ms,
+        });
         AttemptId { task: id, attempt }
     }
 
@@ -631,7 +720,10 @@ impl TaskTable {
             if !t.failed_on.contains(&worker) {
                 return Some(idx as u32);
             }
-            let someone_else = self.workers.iter().any(|(id, w)| w.alive && *id != worker && !t.failed_on.contains(id));
+            let someone_else = self
+                .workers
+                .iter()
+                .any(|(id, w)| w.alive && *id != worker && !t.failed_on.contains(id));
             if !someone_else && fallback.is_none() {
                 fallback = Some(idx as u32);
             }
@@ -719,17 +811,35 @@ mod tests {
         assert_eq!(
             t.take_actions(),
             vec![
-                Action::MapCommitted { map_idx: 0, attempt: 0, worker: W1 },
-                Action::MapCommitted { map_idx: 1, attempt: 0, worker: W2 },
+                Action::MapCommitted {
+                    map_idx: 0,
+                    attempt: 0,
+                    worker: W1
+                },
+                Action::MapCommitted {
+                    map_idx: 1,
+                    attempt: 0,
+                    worker: W2
+                },
             ]
         );
         assert_eq!(run(&mut t, 8, W1), att(TaskId::reduce(0), 0));
         assert_eq!(t.map_outputs().len(), 2);
         assert_eq!(t.map_outputs()[1].addr, "w2:1");
-        assert_eq!(t.task_succeeded(9, W1, att(TaskId::reduce(0), 0)), Report::Accepted);
+        assert_eq!(
+            t.task_succeeded(9, W1, att(TaskId::reduce(0), 0)),
+            Report::Accepted
+        );
         assert_eq!(
             t.take_actions(),
-            vec![Action::ReduceCommitted { partition: 0, attempt: 0, worker: W1 }, Action::JobDone]
+            vec![
+                Action::ReduceCommitted {
+                    partition: 0,
+                    attempt: 0,
+                    worker: W1
+                },
+                Action::JobDone
+            ]
         );
         assert_eq!(t.request_task(10, W2).unwrap(), Assignment::Exit);
         assert_eq!(t.counts().attempts_started, 3);
@@ -749,7 +859,13 @@ mod tests {
         t.heartbeat(18_000, W1).unwrap();
         t.heartbeat(18_000, W2).unwrap();
         t.tick(19_000);
-        assert_eq!(t.take_actions(), vec![Action::Cancel { worker: W1, attempt: a }]);
+        assert_eq!(
+            t.take_actions(),
+            vec![Action::Cancel {
+                worker: W1,
+                attempt: a
+            }]
+        );
         // W1 failed it, W2 has not tried: W1 gets nothing, W2 gets attempt 1.
         assert_eq!(t.request_task(19_001, W1).unwrap(), Assignment::Wait);
         assert_eq!(run(&mut t, 19_002, W2), att(TaskId::map(0), 1));
@@ -849,7 +965,13 @@ mod tests {
         assert_eq!(backup, att(c.task, c.attempt + 1));
         assert_eq!(t.task_succeeded(10_500, W1, backup), Report::Accepted);
         let actions = t.take_actions();
-        assert!(actions.contains(&Action::Cancel { worker: W2, attempt: c }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::Cancel {
+                worker: W2,
+                attempt: c
+            }),
+            "{actions:?}"
+        );
         assert_eq!(t.task_succeeded(10_600, W2, c), Report::Stale);
         assert_eq!(t.counts().backup_attempts, 1);
     }

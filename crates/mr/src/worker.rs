@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 
 use crate::coordinator::{AppChoice, GRPC_MESSAGE_BYTES_MAX};
 use crate::error::MrError;
-use crate::job::{run_map_task, run_reduce_task, InputRange, Job, MapTaskSpec, TaskContext, TaskCounters, TaskError};
+use crate::job::{
+    run_map_task, run_reduce_task, InputRange, Job, MapTaskSpec, TaskContext, TaskCounters, TaskError,
+};
 use crate::proto;
 use crate::record::{self, Segment};
 use crate::shuffle::ReduceInputs;
@@ -95,12 +97,19 @@ impl Shared {
         *self.last_contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
     fn gone(&self) -> bool {
-        self.last_contact.lock().unwrap_or_else(|e| e.into_inner()).elapsed() > self.wait
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            > self.wait
     }
 }
 
 fn worker_id(addr: &str) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     record::fnv1a64(format!("{addr}/{}/{nanos}", std::process::id()).as_bytes())
 }
 
@@ -129,15 +138,18 @@ pub async fn run_worker(config: WorkerConfig, job: Option<Job>) -> Result<Worker
     let shutdown = Arc::new(Notify::new());
     let server = {
         let shutdown = shutdown.clone();
-        let svc = proto::map_output_server::MapOutputServer::new(MapOutputService { dir: work_dir.path().to_path_buf() })
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let svc = proto::map_output_server::MapOutputServer::new(MapOutputService {
+            dir: work_dir.path().to_path_buf(),
+        })
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
         tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(svc)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                    shutdown.notified().await
-                }),
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move { shutdown.notified().await },
+                ),
         )
     };
     let shared = Arc::new(Shared {
@@ -173,7 +185,13 @@ async fn register(
     coordinator: &str,
 ) -> Result<proto::RegisterReply, MrError> {
     loop {
-        match client.register(proto::RegisterRequest { worker_id: shared.id, addr: shared.addr.clone() }).await {
+        match client
+            .register(proto::RegisterRequest {
+                worker_id: shared.id,
+                addr: shared.addr.clone(),
+            })
+            .await
+        {
             Ok(r) => {
                 shared.touch();
                 return Ok(r.into_inner());
@@ -191,13 +209,22 @@ async fn register(
     }
 }
 
-async fn work(config: &WorkerConfig, job: Option<Job>, shared: &Arc<Shared>, dir: &Path) -> Result<WorkerSummary, MrError> {
+async fn work(
+    config: &WorkerConfig,
+    job: Option<Job>,
+    shared: &Arc<Shared>,
+    dir: &Path,
+) -> Result<WorkerSummary, MrError> {
     let mut client = connect(&config.coordinator).await?;
     let reply = register(&mut client, shared, &config.coordinator).await?;
-    let spec = reply.job.ok_or_else(|| MrError::Rpc("coordinator sent no job".into()))?;
+    let spec = reply
+        .job
+        .ok_or_else(|| MrError::Rpc("coordinator sent no job".into()))?;
     let job = match job {
         Some(j) => j,
-        None => AppChoice::from_job_spec(&spec).to_job().map_err(MrError::Config)?,
+        None => AppChoice::from_job_spec(&spec)
+            .to_job()
+            .map_err(MrError::Config)?,
     };
     let job = Arc::new(job);
     let spec = Arc::new(spec);
@@ -211,9 +238,16 @@ async fn work(config: &WorkerConfig, job: Option<Job>, shared: &Arc<Shared>, dir
     let mut tasks_run = 0;
     let reason = loop {
         if shared.exit.load(Ordering::Relaxed) {
-            break if shared.gone() { ExitReason::CoordinatorGone } else { ExitReason::JobOver };
+            break if shared.gone() {
+                ExitReason::CoordinatorGone
+            } else {
+                ExitReason::JobOver
+            };
         }
-        let task = match client.request_task(proto::TaskRequest { worker_id: shared.id }).await {
+        let task = match client
+            .request_task(proto::TaskRequest { worker_id: shared.id })
+            .await
+        {
             Ok(r) => {
                 shared.touch();
                 r.into_inner()
@@ -251,7 +285,11 @@ enum Outcome {
     Map(TaskCounters),
     Reduce(TaskCounters, PathBuf),
     Failed(String, Option<PathBuf>),
-    FetchFailed { map_idx: u32, map_attempt: u32, error: String },
+    FetchFailed {
+        map_idx: u32,
+        map_attempt: u32,
+        error: String,
+    },
     Cancelled,
 }
 
@@ -273,7 +311,11 @@ async fn run_one(
         let (shared2, job, spec, dir) = (shared.clone(), job.clone(), spec.clone(), dir.to_path_buf());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let ctx = TaskContext { dir: &dir, progress: &shared2.current.progress, cancel: &shared2.current.cancel };
+            let ctx = TaskContext {
+                dir: &dir,
+                progress: &shared2.current.progress,
+                cancel: &shared2.current.cancel,
+            };
             if is_map {
                 run_map(&job, &spec, &ctx, idx, attempt, &task.inputs)
             } else {
@@ -285,7 +327,13 @@ async fn run_one(
     };
     *shared.current.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let duration_ms = started.elapsed().as_millis() as u64;
-    let mut report = proto::TaskReport { worker_id: shared.id, is_map, task_idx: idx, attempt, ..Default::default() };
+    let mut report = proto::TaskReport {
+        worker_id: shared.id,
+        is_map,
+        task_idx: idx,
+        attempt,
+        ..Default::default()
+    };
     match outcome {
         Outcome::Cancelled => {
             tracing::info!(task = idx, attempt, is_map, "attempt cancelled");
@@ -304,7 +352,11 @@ async fn run_one(
             report.error = error;
             report.temp_output = temp.map(|p| p.display().to_string()).unwrap_or_default();
         }
-        Outcome::FetchFailed { map_idx, map_attempt, error } => {
+        Outcome::FetchFailed {
+            map_idx,
+            map_attempt,
+            error,
+        } => {
             let req = proto::FetchFailure {
                 worker_id: shared.id,
                 reduce_idx: idx,
@@ -345,9 +397,22 @@ fn counters(c: &TaskCounters, duration_ms: u64) -> proto::Counters {
     }
 }
 
-fn run_map(job: &Job, spec: &proto::JobSpec, ctx: &TaskContext<'_>, idx: u32, attempt: u32, inputs: &[proto::InputRange]) -> Outcome {
-    let inputs: Vec<InputRange> =
-        inputs.iter().map(|r| InputRange { path: r.path.clone(), start: r.start, end: r.end }).collect();
+fn run_map(
+    job: &Job,
+    spec: &proto::JobSpec,
+    ctx: &TaskContext<'_>,
+    idx: u32,
+    attempt: u32,
+    inputs: &[proto::InputRange],
+) -> Outcome {
+    let inputs: Vec<InputRange> = inputs
+        .iter()
+        .map(|r| InputRange {
+            path: r.path.clone(),
+            start: r.start,
+            end: r.end,
+        })
+        .collect();
     let name = format!("map-{idx:05}-{attempt}");
     let spec = MapTaskSpec {
         name: &name,
@@ -399,7 +464,11 @@ fn run_reduce(
         match fetched {
             Some(n) => shuffle_bytes += n,
             None => {
-                return Outcome::FetchFailed { map_idx: m.map_idx, map_attempt: m.attempt, error: last_error };
+                return Outcome::FetchFailed {
+                    map_idx: m.map_idx,
+                    map_attempt: m.attempt,
+                    error: last_error,
+                };
             }
         }
         ctx.progress.fetch_add(1, Ordering::Relaxed);
@@ -439,15 +508,23 @@ async fn fetch(
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            let c = proto::map_output_client::MapOutputClient::new(channel).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+            let c = proto::map_output_client::MapOutputClient::new(channel)
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX);
             clients.insert(m.addr.clone(), c.clone());
             c
         }
     };
     let mut client = client;
-    let what = format!("map task {} attempt {} partition {partition} from {}", m.map_idx, m.attempt, m.addr);
+    let what = format!(
+        "map task {} attempt {} partition {partition} from {}",
+        m.map_idx, m.attempt, m.addr
+    );
     let mut stream = client
-        .fetch(proto::FetchRequest { map_idx: m.map_idx, attempt: m.attempt, partition })
+        .fetch(proto::FetchRequest {
+            map_idx: m.map_idx,
+            attempt: m.attempt,
+            partition,
+        })
         .await
         .map_err(|e| format!("fetching {what}: {}", e.message()))?
         .into_inner();
@@ -478,7 +555,11 @@ async fn fetch(
             Some(f) => std::io::Write::write_all(f, &chunk).map_err(|e| format!("spilling {what}: {e}"))?,
             None => data.extend_from_slice(&chunk),
         }
-        match stream.message().await.map_err(|e| format!("fetching {what}: {}", e.message()))? {
+        match stream
+            .message()
+            .await
+            .map_err(|e| format!("fetching {what}: {}", e.message()))?
+        {
             Some(next) => {
                 crc = crc32c::crc32c_append(crc, &next.data);
                 chunk = next.data;
@@ -487,11 +568,17 @@ async fn fetch(
         }
     }
     if received != total || crc != expected_crc {
-        return Err(format!("fetching {what}: got {received} of {total} bytes or a bad checksum"));
+        return Err(format!(
+            "fetching {what}: got {received} of {total} bytes or a bad checksum"
+        ));
     }
     match file_path {
-        Some(p) => inputs.add_file(p, total).map_err(|e| format!("spilling {what}: {e}"))?,
-        None => inputs.add_segment(data).map_err(|e| format!("merging {what}: {e}"))?,
+        Some(p) => inputs
+            .add_file(p, total)
+            .map_err(|e| format!("spilling {what}: {e}"))?,
+        None => inputs
+            .add_segment(data)
+            .map_err(|e| format!("merging {what}: {e}"))?,
     }
     Ok(total)
 }
@@ -522,7 +609,12 @@ async fn heartbeat_loop(
                 shared.touch();
                 let reply = reply.into_inner();
                 if reply.reregister {
-                    let _ = client.register(proto::RegisterRequest { worker_id: shared.id, addr: shared.addr.clone() }).await;
+                    let _ = client
+                        .register(proto::RegisterRequest {
+                            worker_id: shared.id,
+                            addr: shared.addr.clone(),
+                        })
+                        .await;
                 }
                 let still_same = *shared.current.running.lock().unwrap_or_else(|e| e.into_inner()) == running;
                 if reply.cancel && is_running && still_same {
@@ -558,8 +650,12 @@ impl proto::map_output_server::MapOutput for MapOutputService {
         let name = format!("map-{:05}-{}", r.map_idx, r.attempt);
         let index = self.dir.join(format!("{name}.index"));
         let data = self.dir.join(format!("{name}.data"));
-        let segments = record::read_index(&index)
-            .map_err(|e| Status::not_found(format!("no output of map task {} attempt {} here: {e}", r.map_idx, r.attempt)))?;
+        let segments = record::read_index(&index).map_err(|e| {
+            Status::not_found(format!(
+                "no output of map task {} attempt {} here: {e}",
+                r.map_idx, r.attempt
+            ))
+        })?;
         let seg: Segment = *segments
             .get(r.partition as usize)
             .ok_or_else(|| Status::invalid_argument(format!("partition {} out of range", r.partition)))?;
@@ -567,7 +663,9 @@ impl proto::map_output_server::MapOutput for MapOutputService {
         tokio::task::spawn_blocking(move || {
             use std::io::{Read, Seek, SeekFrom};
             let send = |chunk: Result<proto::FetchChunk, Status>| tx.blocking_send(chunk).is_ok();
-            let mut f = match std::fs::File::open(&data).and_then(|mut f| f.seek(SeekFrom::Start(seg.offset)).map(|_| f)) {
+            let mut f = match std::fs::File::open(&data)
+                .and_then(|mut f| f.seek(SeekFrom::Start(seg.offset)).map(|_| f))
+            {
                 Ok(f) => f.take(seg.len),
                 Err(e) => {
                     send(Err(Status::internal(format!("reading map output: {e}"))));

@@ -21,7 +21,10 @@ use crate::cli::{parse_duration, GlobalArgs, OutputFormat};
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Parser, Debug)]
-#[command(name = "shoal mr", about = "MapReduce: run jobs locally or as a coordinator with workers.")]
+#[command(
+    name = "shoal mr",
+    about = "MapReduce: run jobs locally or as a coordinator with workers."
+)]
 struct MrCli {
     #[command(subcommand)]
     command: MrCommand,
@@ -30,10 +33,14 @@ struct MrCli {
 #[derive(Subcommand, Debug)]
 enum MrCommand {
     /// Run a whole job here: a coordinator and local workers (talking gRPC as remote ones would).
-    #[command(after_help = "Examples:\n  shoal mr run --input 'books/*.txt' --output out --app wordcount\n  shoal mr run --input logs/ --output out --mapper 'grep -o ERROR.* | sed s/$/\\t1/' --reducer 'uniq -c' --reducers 2")]
+    #[command(
+        after_help = "Examples:\n  shoal mr run --input 'books/*.txt' --output out --app wordcount\n  shoal mr run --input logs/ --output out --mapper 'grep -o ERROR.* | sed s/$/\\t1/' --reducer 'uniq -c' --reducers 2"
+    )]
     Run(RunArgs),
     /// Coordinate a job for workers started separately; exits 0 when the job is done, 1 when it failed.
-    #[command(after_help = "Example:\n  shoal mr coordinator --listen 127.0.0.1:7100 --output out --app wordcount --reducers 4 'books/*.txt'\n  shoal mr worker --coordinator 127.0.0.1:7100     # as many as you like")]
+    #[command(
+        after_help = "Example:\n  shoal mr coordinator --listen 127.0.0.1:7100 --output out --app wordcount --reducers 4 'books/*.txt'\n  shoal mr worker --coordinator 127.0.0.1:7100     # as many as you like"
+    )]
     Coordinator(CoordinatorArgs),
     /// Work for a coordinator until its job is over.
     #[command(after_help = "Example:\n  shoal mr worker --coordinator 127.0.0.1:7100")]
@@ -65,7 +72,10 @@ struct AppArgs {
 impl AppArgs {
     fn choice(&self) -> anyhow::Result<Option<AppChoice>> {
         match (&self.app, &self.mapper, &self.reducer) {
-            (Some(name), _, _) => Ok(Some(AppChoice::Builtin { name: name.clone(), pattern: self.pattern.clone() })),
+            (Some(name), _, _) => Ok(Some(AppChoice::Builtin {
+                name: name.clone(),
+                pattern: self.pattern.clone(),
+            })),
             (None, Some(m), Some(r)) => Ok(Some(AppChoice::Streaming {
                 mapper: m.clone(),
                 reducer: r.clone(),
@@ -76,7 +86,8 @@ impl AppArgs {
     }
 
     fn required(&self) -> anyhow::Result<AppChoice> {
-        self.choice()?.context("say what to run: --app NAME, or --mapper CMD --reducer CMD")
+        self.choice()?
+            .context("say what to run: --app NAME, or --mapper CMD --reducer CMD")
     }
 }
 
@@ -191,7 +202,10 @@ fn parse_or_exit<P: Parser>(bin: &str, args: &[String]) -> Result<P, ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 pub fn run_mr(global: &GlobalArgs, args: &[String]) -> anyhow::Result<ExitCode> {
@@ -239,11 +253,22 @@ impl Progress {
             let style = indicatif::ProgressStyle::with_template("{prefix:>6} [{bar:40}] {pos}/{len} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> ");
-            let map = multi.add(indicatif::ProgressBar::new(0).with_style(style.clone()).with_prefix("map"));
-            let reduce = multi.add(indicatif::ProgressBar::new(0).with_style(style).with_prefix("reduce"));
+            let map = multi.add(
+                indicatif::ProgressBar::new(0)
+                    .with_style(style.clone())
+                    .with_prefix("map"),
+            );
+            let reduce = multi.add(
+                indicatif::ProgressBar::new(0)
+                    .with_style(style)
+                    .with_prefix("reduce"),
+            );
             (map, reduce)
         });
-        Self { bars, last_line: String::new() }
+        Self {
+            bars,
+            last_line: String::new(),
+        }
     }
 
     fn update(&mut self, s: &JobStatus) {
@@ -259,7 +284,13 @@ impl Progress {
             None => {
                 let line = format!(
                     "map {}/{} done, {} running; reduce {}/{} done, {} running; {} failed attempts",
-                    s.maps.done, s.maps.total, s.maps.running, s.reduces.done, s.reduces.total, s.reduces.running, s.attempts_failed
+                    s.maps.done,
+                    s.maps.total,
+                    s.maps.running,
+                    s.reduces.done,
+                    s.reduces.total,
+                    s.reduces.running,
+                    s.attempts_failed
                 );
                 if line != self.last_line {
                     eprintln!("{line}");
@@ -354,7 +385,9 @@ fn run_job(global: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
     let format = format_of(global, a.job.format);
     let app = a.app.required()?;
     let config = coordinator_config(a.input.clone(), &a.job, app);
-    let n_workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let n_workers = a
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let rt = runtime()?;
     let report = rt.block_on(async {
         let coordinator = Coordinator::new(config)?;
@@ -456,7 +489,12 @@ fn status(global: &GlobalArgs, a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         v.clone()
     };
-    println!("job {} {} ({} elapsed)", get(&["job_id"]).as_str().unwrap_or("?"), get(&["state"]).as_str().unwrap_or("?"), secs(get(&["elapsed_ms"]).as_u64().unwrap_or(0)));
+    println!(
+        "job {} {} ({} elapsed)",
+        get(&["job_id"]).as_str().unwrap_or("?"),
+        get(&["state"]).as_str().unwrap_or("?"),
+        secs(get(&["elapsed_ms"]).as_u64().unwrap_or(0))
+    );
     for phase in ["maps", "reduces"] {
         println!(
             "{phase:8} {}/{} done, {} running, {} idle",
@@ -501,7 +539,9 @@ struct GenCli {
 #[derive(Subcommand, Debug)]
 enum GenCommand {
     /// Text of Zipf-distributed words (like natural language), the same bytes for the same seed.
-    #[command(after_help = "Examples:\n  shoal gen text --size 1GiB --seed 1 --output corpus.txt\n  shoal gen text --size 1GiB --seed 1 --output corpus/   # files of --file-size each")]
+    #[command(
+        after_help = "Examples:\n  shoal gen text --size 1GiB --seed 1 --output corpus.txt\n  shoal gen text --size 1GiB --seed 1 --output corpus/   # files of --file-size each"
+    )]
     Text {
         /// Total size (e.g. 64MiB, 1GiB).
         #[arg(long, value_parser = parse_size)]
@@ -516,7 +556,9 @@ enum GenCommand {
         file_size: u64,
     },
     /// 100-byte records with 10-byte random keys (gensort-like), for sort benchmarks.
-    #[command(after_help = "Example:\n  shoal gen records --size 1GiB --seed 1 --output records.txt\n  shoal mr run --input records.txt --output sorted --app sort")]
+    #[command(
+        after_help = "Example:\n  shoal gen records --size 1GiB --seed 1 --output records.txt\n  shoal mr run --input records.txt --output sorted --app sort"
+    )]
     Records {
         /// Total size, rounded down to whole 100-byte records.
         #[arg(long, value_parser = parse_size)]
@@ -535,10 +577,16 @@ pub fn run_gen(args: &[String]) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let (size, seed, output, file_size) = match cli.command {
-        GenCommand::Text { size, seed, output, file_size } => (size, seed, output, file_size),
+        GenCommand::Text {
+            size,
+            seed,
+            output,
+            file_size,
+        } => (size, seed, output, file_size),
         GenCommand::Records { size, seed, output } => {
             let started = Instant::now();
-            let f = std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
+            let f = std::fs::File::create(&output)
+                .with_context(|| format!("cannot create {}", output.display()))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
             write_records(&mut w, seed, size).with_context(|| format!("writing {}", output.display()))?;
             std::io::Write::flush(&mut w).with_context(|| format!("writing {}", output.display()))?;
@@ -559,7 +607,8 @@ pub fn run_gen(args: &[String]) -> anyhow::Result<ExitCode> {
     let is_dir = output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/');
     let mut files = Vec::new();
     if is_dir {
-        std::fs::create_dir_all(&output).with_context(|| format!("cannot create folder {}", output.display()))?;
+        std::fs::create_dir_all(&output)
+            .with_context(|| format!("cannot create folder {}", output.display()))?;
         let mut left = size;
         let mut i = 0;
         while left > 0 || i == 0 {
@@ -574,7 +623,9 @@ pub fn run_gen(args: &[String]) -> anyhow::Result<ExitCode> {
     for (path, n) in &files {
         let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        generator.write(&mut w, *n).with_context(|| format!("writing {}", path.display()))?;
+        generator
+            .write(&mut w, *n)
+            .with_context(|| format!("writing {}", path.display()))?;
         std::io::Write::flush(&mut w).with_context(|| format!("writing {}", path.display()))?;
     }
     let elapsed = started.elapsed().as_secs_f64();

@@ -24,7 +24,11 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 const WAIT_MAX: Duration = Duration::from_secs(120);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `n_files` files of `bytes_each` generated text under `dir/in`.
@@ -35,7 +39,9 @@ fn corpus(dir: &Path, n_files: usize, bytes_each: u64, seed: u64) -> Vec<PathBuf
         .map(|i| {
             let p = input.join(format!("text-{i}.txt"));
             let mut f = std::io::BufWriter::new(fs::File::create(&p).unwrap());
-            TextGenerator::new(seed + i as u64).write(&mut f, bytes_each).unwrap();
+            TextGenerator::new(seed + i as u64)
+                .write(&mut f, bytes_each)
+                .unwrap();
             p
         })
         .collect()
@@ -44,10 +50,14 @@ fn corpus(dir: &Path, n_files: usize, bytes_each: u64, seed: u64) -> Vec<PathBuf
 fn reference_wordcount(files: &[PathBuf]) -> Vec<String> {
     let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     for f in files {
-        for_each_word(&fs::read(f).unwrap(), |w| *counts.entry(w.to_vec()).or_default() += 1);
+        for_each_word(&fs::read(f).unwrap(), |w| {
+            *counts.entry(w.to_vec()).or_default() += 1
+        });
     }
-    let mut lines: Vec<String> =
-        counts.into_iter().map(|(w, c)| format!("{}\t{c}", String::from_utf8(w).unwrap())).collect();
+    let mut lines: Vec<String> = counts
+        .into_iter()
+        .map(|(w, c)| format!("{}\t{c}", String::from_utf8(w).unwrap()))
+        .collect();
     lines.sort();
     lines
 }
@@ -64,7 +74,12 @@ fn reference_indexer(files: &[PathBuf]) -> Vec<String> {
         .into_iter()
         .map(|(w, d)| {
             let list: Vec<String> = d.into_iter().collect();
-            format!("{}\t{}\t{}", String::from_utf8(w).unwrap(), list.len(), list.join(","))
+            format!(
+                "{}\t{}\t{}",
+                String::from_utf8(w).unwrap(),
+                list.len(),
+                list.join(",")
+            )
         })
         .collect();
     lines.sort();
@@ -178,7 +193,11 @@ fn dump_logs_on_failure(dir: &Path) -> String {
         if p.extension().is_some_and(|x| x == "log") {
             let text = fs::read_to_string(&p).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out += &format!("--- {} (tail)\n{}\n", p.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            out += &format!(
+                "--- {} (tail)\n{}\n",
+                p.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
     out
@@ -191,7 +210,15 @@ fn mr_wordcount_equals_sequential_reference() {
     let files = corpus(tmp.path(), 6, 300_000, 1);
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&["--output", out.to_str().unwrap(), "--app", "wordcount", "--reducers", "3", &glob]);
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "wordcount",
+        "--reducers",
+        "3",
+        &glob,
+    ]);
     let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     assert_eq!(part_files(&out).len(), 3);
@@ -207,7 +234,15 @@ fn mr_indexer_equals_sequential_reference() {
     let files = corpus(tmp.path(), 4, 100_000, 7);
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&["--output", out.to_str().unwrap(), "--app", "indexer", "--reducers", "2", &glob]);
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "indexer",
+        "--reducers",
+        "2",
+        &glob,
+    ]);
     let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     assert_eq!(output_lines(&out), reference_indexer(&files));
@@ -220,13 +255,18 @@ fn intervals(path: &Path) -> Vec<(u32, u128, u128)> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
         })
         .collect()
 }
 
 fn overlapping_workers(iv: &[(u32, u128, u128)]) -> bool {
-    iv.iter().any(|a| iv.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2))
+    iv.iter()
+        .any(|a| iv.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2))
 }
 
 /// A shell snippet that records `worker-pid start end` around `body` into `file`.
@@ -246,12 +286,25 @@ fn mr_map_parallelism() {
     let mapper = format!("{}; printf 'k\\t1\\n'", timed(&times, "cat > /dev/null"));
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&["--output", out.to_str().unwrap(), "--mapper", &mapper, "--reducer", "cat", "--reducers", "1", &glob]);
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        "cat",
+        "--reducers",
+        "1",
+        &glob,
+    ]);
     let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     let iv = intervals(&times);
     assert_eq!(iv.len(), 4);
-    assert!(overlapping_workers(&iv), "no two workers mapped at the same time: {iv:?}");
+    assert!(
+        overlapping_workers(&iv),
+        "no two workers mapped at the same time: {iv:?}"
+    );
 }
 
 #[test]
@@ -264,12 +317,25 @@ fn mr_reduce_parallelism() {
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
     let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
-    let args = s(&["--output", out.to_str().unwrap(), "--mapper", mapper, "--reducer", &reducer, "--reducers", "4", &glob]);
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        mapper,
+        "--reducer",
+        &reducer,
+        "--reducers",
+        "4",
+        &glob,
+    ]);
     let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     let iv = intervals(&times);
     assert_eq!(iv.len(), 4);
-    assert!(overlapping_workers(&iv), "no two workers reduced at the same time: {iv:?}");
+    assert!(
+        overlapping_workers(&iv),
+        "no two workers reduced at the same time: {iv:?}"
+    );
 }
 
 #[test]
@@ -278,10 +344,25 @@ fn mr_job_count_each_map_task_runs_once() {
     let tmp = tempfile::tempdir().unwrap();
     corpus(tmp.path(), 8, 2000, 5);
     let count = tmp.path().join("count");
-    let mapper = format!("cat > /dev/null; echo run >> {}; printf 'k\\t1\\n'", count.display());
+    let mapper = format!(
+        "cat > /dev/null; echo run >> {}; printf 'k\\t1\\n'",
+        count.display()
+    );
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&["--output", out.to_str().unwrap(), "--mapper", &mapper, "--reducer", "cat", "--reducers", "2", "-o", "json", &glob]);
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        "cat",
+        "--reducers",
+        "2",
+        "-o",
+        "json",
+        &glob,
+    ]);
     let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 8);
@@ -301,12 +382,25 @@ fn mr_early_exit_no_process_exits_before_output_is_final() {
     // A slow reducer keeps the job going while the maps are long done.
     let reducer = "sleep 0.3; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
     let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
-    let args = s(&["--output", out.to_str().unwrap(), "--mapper", mapper, "--reducer", reducer, "--reducers", "3", &glob]);
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        mapper,
+        "--reducer",
+        reducer,
+        "--reducers",
+        "3",
+        &glob,
+    ]);
     let mut cluster = Cluster::start(tmp.path(), &args, 3, &[]);
     let deadline = Instant::now() + WAIT_MAX;
     let first_exit_snapshot = loop {
         let any_exited = cluster.coordinator.try_wait().unwrap().is_some()
-            || cluster.workers.iter_mut().any(|w| w.try_wait().unwrap().is_some());
+            || cluster
+                .workers
+                .iter_mut()
+                .any(|w| w.try_wait().unwrap().is_some());
         if any_exited {
             break output_lines(&out);
         }
@@ -316,7 +410,10 @@ fn mr_early_exit_no_process_exits_before_output_is_final() {
     let (status, _) = cluster.finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     let final_output = output_lines(&out);
-    assert_eq!(first_exit_snapshot, final_output, "output changed after the first process exited");
+    assert_eq!(
+        first_exit_snapshot, final_output,
+        "output changed after the first process exited"
+    );
     assert_eq!(final_output, reference_wordcount(&files));
 }
 
@@ -327,7 +424,12 @@ fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
     let seed = std::env::var("SHOAL_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("SHOAL_TEST_SEED={seed}");
     let mut rng = SplitMix64::new(seed);
     let tmp = tempfile::tempdir().unwrap();
@@ -382,7 +484,11 @@ fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
         cluster.add_worker();
     }
     let (status, log) = cluster.finish();
-    assert!(status.success(), "seed {seed}\n{}", dump_logs_on_failure(tmp.path()));
+    assert!(
+        status.success(),
+        "seed {seed}\n{}",
+        dump_logs_on_failure(tmp.path())
+    );
     let _ = log;
     assert_eq!(output_lines(&out), reference_wordcount(&files), "seed {seed}");
     let summary: serde_json::Value =
@@ -415,14 +521,23 @@ fn mr_failing_mapper_fails_job_with_its_stderr_and_leaves_no_output() {
     let (status, log) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
     assert_eq!(status.code(), Some(1));
     let last = log.lines().last().unwrap_or_default();
-    assert!(last.contains("exited with status 7") && last.contains("the input is cursed") && last.contains("3 times"), "{last}");
+    assert!(
+        last.contains("exited with status 7")
+            && last.contains("the input is cursed")
+            && last.contains("3 times"),
+        "{last}"
+    );
     assert!(part_files(&out).is_empty());
     assert!(!out.join("_temporary").exists());
 }
 
 /// Runs `shoal ARGS…` to completion: (exit code, stdout, stderr).
 fn shoal(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(SHOAL).args(args).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(SHOAL)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -441,16 +556,95 @@ fn mr_run_bad_inputs_give_clear_errors() {
     let out = tmp.path().join("out");
     let out = out.to_str().unwrap();
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
-        (s(&["--input", "/no/such/input.txt", "--output", out, "--app", "wordcount"]), 1, "cannot read input /no/such/input.txt"),
-        (s(&["--input", &format!("{input}/x"), "--output", out, "--app", "wordcount"]), 1, "Not a directory"),
-        (s(&["--input", "/no/such/*.txt", "--output", out, "--app", "wordcount"]), 1, "matches no file"),
-        (s(&["--input", input, "--output", out, "--app", "nope"]), 1, "built-in apps are wordcount"),
-        (s(&["--input", input, "--output", out, "--mapper", "no-such-mapper-cmd", "--reducer", "cat", "--max-attempts", "1"]), 1, "not found"),
-        (s(&["--input", input, "--output", out, "--mapper", "echo no tab here", "--reducer", "cat", "--max-attempts", "1"]), 1, "malformed line 1"),
-        (s(&["--input", input, "--output", &format!("{input}/out"), "--app", "wordcount"]), 1, "cannot write output folder"),
-        (s(&["--input", input, "--output", out, "--app", "grep"]), 1, "needs --pattern"),
+        (
+            s(&[
+                "--input",
+                "/no/such/input.txt",
+                "--output",
+                out,
+                "--app",
+                "wordcount",
+            ]),
+            1,
+            "cannot read input /no/such/input.txt",
+        ),
+        (
+            s(&[
+                "--input",
+                &format!("{input}/x"),
+                "--output",
+                out,
+                "--app",
+                "wordcount",
+            ]),
+            1,
+            "Not a directory",
+        ),
+        (
+            s(&["--input", "/no/such/*.txt", "--output", out, "--app", "wordcount"]),
+            1,
+            "matches no file",
+        ),
+        (
+            s(&["--input", input, "--output", out, "--app", "nope"]),
+            1,
+            "built-in apps are wordcount",
+        ),
+        (
+            s(&[
+                "--input",
+                input,
+                "--output",
+                out,
+                "--mapper",
+                "no-such-mapper-cmd",
+                "--reducer",
+                "cat",
+                "--max-attempts",
+                "1",
+            ]),
+            1,
+            "not found",
+        ),
+        (
+            s(&[
+                "--input",
+                input,
+                "--output",
+                out,
+                "--mapper",
+                "echo no tab here",
+                "--reducer",
+                "cat",
+                "--max-attempts",
+                "1",
+            ]),
+            1,
+            "malformed line 1",
+        ),
+        (
+            s(&[
+                "--input",
+                input,
+                "--output",
+                &format!("{input}/out"),
+                "--app",
+                "wordcount",
+            ]),
+            1,
+            "cannot write output folder",
+        ),
+        (
+            s(&["--input", input, "--output", out, "--app", "grep"]),
+            1,
+            "needs --pattern",
+        ),
         (s(&["--output", out, "--app", "wordcount"]), 2, "--input"),
-        (s(&["--input", input, "--output", out]), 1, "--mapper CMD --reducer CMD"),
+        (
+            s(&["--input", input, "--output", out]),
+            1,
+            "--mapper CMD --reducer CMD",
+        ),
     ];
     for (args, code, needle) in cases {
         let mut full = s(&["mr", "run"]);
@@ -458,16 +652,47 @@ fn mr_run_bad_inputs_give_clear_errors() {
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         let (got, _, stderr) = shoal(&refs);
         assert_eq!(got, code, "{args:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in {stderr}"
+        );
         assert!(part_files(Path::new(out)).is_empty(), "{args:?} left output");
     }
     // Existing output is refused without --overwrite, replaced with it.
-    let (code, _, err) = shoal(&["mr", "run", "--input", input, "--output", out, "--app", "wordcount"]);
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--app",
+        "wordcount",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = shoal(&["mr", "run", "--input", input, "--output", out, "--app", "wordcount"]);
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--app",
+        "wordcount",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("--overwrite"), "{err}");
-    let (code, _, err) = shoal(&["mr", "run", "--input", input, "--output", out, "--app", "distinct", "--overwrite"]);
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--app",
+        "distinct",
+        "--overwrite",
+    ]);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -480,8 +705,24 @@ fn mr_run_shuffle_larger_than_memory_spills_and_merges() {
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
     let (code, stdout, err) = shoal(&[
-        "mr", "run", "--input", &glob, "--output", out.to_str().unwrap(), "--app", "wordcount", "--reducers", "2",
-        "--workers", "2", "--map-buffer", "16KiB", "--reduce-buffer", "16KiB", "-o", "json",
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "wordcount",
+        "--reducers",
+        "2",
+        "--workers",
+        "2",
+        "--map-buffer",
+        "16KiB",
+        "--reduce-buffer",
+        "16KiB",
+        "-o",
+        "json",
     ]);
     assert_eq!(code, 0, "{err}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -497,18 +738,40 @@ fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
     let files = corpus(tmp.path(), 2, 200_000, 31);
     let mut lines: Vec<Vec<u8>> = Vec::new();
     for f in &files {
-        lines.extend(fs::read(f).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+        lines.extend(
+            fs::read(f)
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
     }
     let glob = format!("{}/in/*.txt", tmp.path().display());
     let out = tmp.path().join("sorted");
-    let (code, _, err) =
-        shoal(&["mr", "run", "--input", &glob, "--output", out.to_str().unwrap(), "--app", "sort", "--reducers", "4"]);
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "sort",
+        "--reducers",
+        "4",
+    ]);
     assert_eq!(code, 0, "{err}");
     let mut concat = Vec::new();
     let parts = part_files(&out);
     assert_eq!(parts.len(), 4);
     for p in &parts {
-        concat.extend(fs::read(p).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+        concat.extend(
+            fs::read(p)
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
     }
     let mut sorted = lines.clone();
     sorted.sort();
@@ -518,17 +781,37 @@ fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
     assert!(sizes.iter().all(|s| *s > 0), "{sizes:?}");
 
     let out = tmp.path().join("distinct");
-    let (code, _, err) =
-        shoal(&["mr", "run", "--input", &glob, "--output", out.to_str().unwrap(), "--app", "distinct"]);
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "distinct",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let mut distinct: Vec<String> = lines.iter().map(|l| String::from_utf8(l.clone()).unwrap()).collect();
+    let mut distinct: Vec<String> = lines
+        .iter()
+        .map(|l| String::from_utf8(l.clone()).unwrap())
+        .collect();
     distinct.sort();
     distinct.dedup();
     assert_eq!(output_lines(&out), distinct);
 
     let out = tmp.path().join("grep");
     let (code, _, err) = shoal(&[
-        "mr", "run", "--input", &glob, "--output", out.to_str().unwrap(), "--app", "grep", "--pattern", "[A-Z][a-z]+",
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "grep",
+        "--pattern",
+        "[A-Z][a-z]+",
     ]);
     assert_eq!(code, 0, "{err}");
     let re = regex::Regex::new("[A-Z][a-z]+").unwrap();
@@ -553,17 +836,36 @@ fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
     let count = tmp.path().join("map-runs");
-    let mapper = format!("echo run >> {}; tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'", count.display());
+    let mapper = format!(
+        "echo run >> {}; tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'",
+        count.display()
+    );
     let reducer = "sleep 0.5; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
     let args = s(&[
-        "--output", out.to_str().unwrap(), "--mapper", &mapper, "--reducer", reducer, "--reducers", "6", "-o", "json", &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        reducer,
+        "--reducers",
+        "6",
+        "-o",
+        "json",
+        &glob,
     ]);
     let mut cluster = Cluster::start(tmp.path(), &args, 2, &[]);
     let journal = out.join("_temporary").join("journal");
     let deadline = Instant::now() + WAIT_MAX;
-    while !fs::read_to_string(&journal).unwrap_or_default().contains("ReduceCommitted") {
+    while !fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("ReduceCommitted")
+    {
         assert!(Instant::now() < deadline, "no reduce committed in time");
-        assert!(cluster.coordinator.try_wait().unwrap().is_none(), "the job ended before the kill");
+        assert!(
+            cluster.coordinator.try_wait().unwrap().is_none(),
+            "the job ended before the kill"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     cluster.coordinator.kill().unwrap();
@@ -576,8 +878,15 @@ fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
     assert_eq!(summary["resumed"], true, "{summary}");
-    assert!(summary["attempts_started"].as_u64().unwrap() < 6, "committed reduces ran again: {summary}");
-    assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 4, "map tasks ran again");
+    assert!(
+        summary["attempts_started"].as_u64().unwrap() < 6,
+        "committed reduces ran again: {summary}"
+    );
+    assert_eq!(
+        fs::read_to_string(&count).unwrap().lines().count(),
+        4,
+        "map tasks ran again"
+    );
     assert_eq!(output_lines(&out), reference_wordcount(&files));
 }
 
@@ -591,13 +900,26 @@ fn mr_run_combine_small_files_packs_inputs_into_few_tasks() {
     let mut files = Vec::new();
     for i in 0..1000 {
         let p = input.join(format!("f{i:04}.txt"));
-        fs::write(&p, format!("alpha beta{}\n", if i % 2 == 0 { " gamma" } else { "" })).unwrap();
+        fs::write(
+            &p,
+            format!("alpha beta{}\n", if i % 2 == 0 { " gamma" } else { "" }),
+        )
+        .unwrap();
         files.push(p);
     }
     let out = tmp.path().join("out");
     let (code, stdout, err) = shoal(&[
-        "mr", "run", "--input", &format!("{}/*.txt", input.display()), "--output", out.to_str().unwrap(),
-        "--app", "indexer", "--combine-small-files", "-o", "json",
+        "mr",
+        "run",
+        "--input",
+        &format!("{}/*.txt", input.display()),
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "indexer",
+        "--combine-small-files",
+        "-o",
+        "json",
     ]);
     assert_eq!(code, 0, "{err}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -619,8 +941,22 @@ fn mr_run_streaming_with_combiner_equals_reference() {
     for (name, combiner) in [("plain", None), ("combined", Some(sum_sorted))] {
         let out = tmp.path().join(name);
         let mut args = vec![
-            "mr", "run", "--input", &glob, "--output", out.to_str().unwrap(), "--mapper", mapper, "--reducer", sum_sorted,
-            "--reducers", "2", "--map-buffer", "256KiB", "-o", "json",
+            "mr",
+            "run",
+            "--input",
+            &glob,
+            "--output",
+            out.to_str().unwrap(),
+            "--mapper",
+            mapper,
+            "--reducer",
+            sum_sorted,
+            "--reducers",
+            "2",
+            "--map-buffer",
+            "256KiB",
+            "-o",
+            "json",
         ];
         if let Some(c) = combiner {
             args.extend(["--combiner", c]);
@@ -631,5 +967,8 @@ fn mr_run_streaming_with_combiner_equals_reference() {
         map_bytes.push(summary["counters"]["map_bytes_out"].as_u64().unwrap());
         assert_eq!(output_lines(&out), reference_wordcount(&files), "{name}");
     }
-    assert!(map_bytes[1] * 2 < map_bytes[0], "the combiner did not shrink map output: {map_bytes:?}");
+    assert!(
+        map_bytes[1] * 2 < map_bytes[0],
+        "the combiner did not shrink map output: {map_bytes:?}"
+    );
 }
