@@ -511,7 +511,14 @@ impl TaskTable {
         for (kind, tasks) in [(TaskKind::Map, &self.maps), (TaskKind::Reduce, &self.reduces)] {
             for (idx, task) in tasks.iter().enumerate() {
                 for r in &task.running {
-                    if now_ms.saturating_sub(r.last_progress_ms) >= timeout_ms {
+                    // A hang is no progress while the worker kept reporting. A worker that went
+                    // silent is judged by the worker timeout instead, and its attempts are then
+                    // lost, not failed (a dead worker must not use up a task's attempts).
+                    let seen_ms = self
+                        .workers
+                        .get(&r.worker)
+                        .map_or(now_ms, |w| w.last_seen_ms.min(now_ms));
+                    if seen_ms.saturating_sub(r.last_progress_ms) >= timeout_ms {
                         let attempt = AttemptId {
                             task: TaskId {
                                 kind,
@@ -856,8 +863,8 @@ mod tests {
         t.heartbeat(9_000, W2).unwrap();
         t.tick(12_000);
         assert!(t.take_actions().is_empty());
-        t.heartbeat(18_000, W1).unwrap();
-        t.heartbeat(18_000, W2).unwrap();
+        t.heartbeat(19_000, W1).unwrap();
+        t.heartbeat(19_000, W2).unwrap();
         t.tick(19_000);
         assert_eq!(
             t.take_actions(),
@@ -872,6 +879,39 @@ mod tests {
         // The late success of the timed-out attempt is ignored.
         assert_eq!(t.task_succeeded(19_003, W1, a), Report::Stale);
         assert_eq!(t.counts().attempts_failed, 1);
+    }
+
+    #[test]
+    fn silent_worker_loses_its_attempt_without_a_failure() {
+        // Goal: when the task timeout is shorter than the worker timeout, an attempt whose worker
+        // went silent (died) is not failed at the task timeout; the worker is lost at the worker
+        // timeout and the attempt does not count against max_attempts.
+        let mut t = TaskTable::new(TaskTableConfig {
+            n_map: 1,
+            n_reduce: 1,
+            task_timeout_ms: 3_000,
+            worker_timeout_ms: 5_000,
+            max_attempts: 1,
+            speculation: false,
+        });
+        t.register_worker(0, W1, "w1:1");
+        t.register_worker(0, W2, "w2:1");
+        let a = run(&mut t, 0, W1);
+        t.heartbeat(1_000, W1).unwrap(); // W1 dies after this heartbeat
+        for now in [2_000, 4_000, 5_500] {
+            t.heartbeat(now, W2).unwrap();
+            t.tick(now);
+        }
+        assert!(
+            t.take_actions().is_empty(),
+            "no failure before the worker timeout"
+        );
+        t.heartbeat(6_000, W2).unwrap();
+        t.tick(6_000);
+        assert_eq!(t.counts().attempts_failed, 0);
+        assert_eq!(t.counts().attempts_lost, 1);
+        assert_eq!(*t.state(), JobState::Running);
+        assert_eq!(run(&mut t, 6_001, W2), att(a.task, 1));
     }
 
     #[test]
