@@ -41,7 +41,8 @@ pub mod proto {
 }
 
 pub use api::{
-    BoxError, Combiner, Emit, HashPartitioner, Mapper, Partitioner, RangePartitioner, Reducer, Values,
+    BoxError, Codec, Combiner, Emit, EmitTyped, HashPartitioner, Mapper, Partitioner, RangePartitioner,
+    Reducer, Values,
 };
 pub use coordinator::{AppChoice, Coordinator, CoordinatorConfig, JobConfig, JobReport, JobStatus};
 pub use error::MrError;
@@ -56,11 +57,48 @@ pub const REDUCE_BUFFER_BYTES_DEFAULT: u64 = 128 << 20;
 /// Default split size (`--split-size`).
 pub const SPLIT_SIZE_BYTES_DEFAULT: u64 = 128 << 20;
 
+/// Starts the workers of a job run by [`run_with`]. The seam where the scheduler will launch
+/// workers on the cluster's machines; [`InProcessLauncher`] runs them as tasks of this process.
+pub trait WorkerLauncher {
+    fn launch(
+        &self,
+        coordinator_addr: &str,
+        n_workers: usize,
+        job: Option<Job>,
+    ) -> Vec<tokio::task::JoinHandle<Result<WorkerSummary, MrError>>>;
+}
+
+/// Workers as tokio tasks of this process, talking gRPC to the coordinator like remote ones.
+pub struct InProcessLauncher;
+
+impl WorkerLauncher for InProcessLauncher {
+    fn launch(
+        &self,
+        coordinator_addr: &str,
+        n_workers: usize,
+        job: Option<Job>,
+    ) -> Vec<tokio::task::JoinHandle<Result<WorkerSummary, MrError>>> {
+        (0..n_workers.max(1))
+            .map(|_| tokio::spawn(run_worker(WorkerConfig::new(coordinator_addr), job.clone())))
+            .collect()
+    }
+}
+
 /// Runs a whole job in this process: the coordinator on a loopback port and `n_workers`
 /// workers talking to it over gRPC exactly as remote ones would. `job` overrides the
 /// coordinator's functions (a Rust job); `None` runs the app or commands it names.
 pub async fn run_local(
     coordinator: Coordinator,
+    n_workers: usize,
+    job: Option<Job>,
+) -> Result<JobReport, MrError> {
+    run_with(coordinator, &InProcessLauncher, n_workers, job).await
+}
+
+/// Serves `coordinator` on a loopback port and has `launcher` start the workers.
+pub async fn run_with(
+    coordinator: Coordinator,
+    launcher: &dyn WorkerLauncher,
     n_workers: usize,
     job: Option<Job>,
 ) -> Result<JobReport, MrError> {
@@ -70,11 +108,7 @@ pub async fn run_local(
         let c = coordinator.clone();
         tokio::spawn(async move { c.serve(listener).await })
     };
-    let mut workers = Vec::new();
-    for _ in 0..n_workers.max(1) {
-        let config = WorkerConfig::new(&addr);
-        workers.push(tokio::spawn(run_worker(config, job.clone())));
-    }
+    let workers = launcher.launch(&addr, n_workers, job);
     let report = serve
         .await
         .map_err(|e| MrError::Rpc(format!("coordinator task: {e}")))??;
