@@ -972,3 +972,29 @@ fn mr_run_streaming_with_combiner_equals_reference() {
         "the combiner did not shrink map output: {map_bytes:?}"
     );
 }
+
+#[test]
+fn mr_worker_and_status_without_a_coordinator_give_up_clearly() {
+    // Goal: a worker whose coordinator never appears keeps trying for --coordinator-wait, then
+    // exits 1 saying so; `mr status` against nothing exits 1 naming the address.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let (code, _, err) = shoal(&[
+        "mr",
+        "worker",
+        "--coordinator",
+        &addr,
+        "--coordinator-wait",
+        "1500ms",
+    ]);
+    let waited = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&addr), "{err}");
+    assert!(waited >= Duration::from_millis(1500), "gave up after {waited:?}");
+    let (code, _, err) = shoal(&["mr", "status", "--coordinator", &addr, "--timeout", "500ms"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot reach coordinator") && err.contains(&addr),
+        "{err}"
+    );
+}
