@@ -68,7 +68,7 @@ pub enum Command {
     /// MapReduce: `mr run | coordinator | worker | status` (see `shoal mr --help`).
     #[command(disable_help_flag = true)]
     Mr(RawArgs),
-    /// Generate deterministic test data: `gen text` (see `shoal gen --help`).
+    /// Generate deterministic test data: `gen text | records` (see `shoal gen --help`).
     #[command(disable_help_flag = true)]
     Gen(RawArgs),
 }

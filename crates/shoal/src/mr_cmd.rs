@@ -28,6 +28,15 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 struct MrCli {
     #[command(subcommand)]
     command: MrCommand,
+    /// Accepted like on every shoal command; MapReduce finds its coordinator with --coordinator.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        value_delimiter = ',',
+        env = "SHOAL_ENDPOINTS"
+    )]
+    endpoints: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
