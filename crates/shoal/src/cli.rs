@@ -76,6 +76,19 @@ pub enum Command {
     /// Measure: the disk's fsync, the Raft core in the simulator, a real cluster.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// MapReduce: `mr run | coordinator | worker | status` (see `shoal mr --help`).
+    #[command(disable_help_flag = true)]
+    Mr(RawArgs),
+    /// Generate deterministic test data: `gen text | records` (see `shoal gen --help`).
+    #[command(disable_help_flag = true)]
+    Gen(RawArgs),
+}
+
+/// Arguments parsed by the subcommand itself (its `--output` is a path, not the format).
+#[derive(Args, Debug)]
+pub struct RawArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 #[derive(Args, Debug)]

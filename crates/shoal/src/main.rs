@@ -21,6 +21,7 @@ mod cluster;
 mod demo;
 mod dev;
 mod kv;
+mod mr_cmd;
 mod server;
 
 use std::process::ExitCode;
@@ -89,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lease(command) => return kv::run_lease(&cli.global, command),
         Command::Dev(args) => dev::run(args)?,
         Command::Bench(BenchCommand::Kv(args)) => bench_kv::run(&cli.global, args)?,
+        Command::Mr(raw) => return mr_cmd::run_mr(&cli.global, &raw.args),
+        Command::Gen(raw) => return mr_cmd::run_gen(&raw.args),
     }
     Ok(ExitCode::SUCCESS)
 }

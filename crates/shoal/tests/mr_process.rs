@@ -1,0 +1,1000 @@
+//! MapReduce against real processes, modelled on MIT 6.824's `test-mr.sh`: a `shoal mr
+//! coordinator` and several `shoal mr worker` processes (started before the coordinator, so
+//! they must wait for it), outputs compared with a sequential reference computed here.
+//!
+//! Faults: workers killed with SIGKILL at random, user functions that fail or hang past the
+//! task timeout. Waits poll for an event with a deadline; the sleeps that remain are the
+//! user functions' own work (to make tasks overlap) and the killer's pace.
+//!
+//! The random choices (which worker to kill, when) come from `SHOAL_TEST_SEED` (else the
+//! clock; printed). Real processes make interleavings differ between runs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_mr::apps::for_each_word;
+use shoal_mr::corpus::{SplitMix64, TextGenerator};
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+/// Longest wait for a job. Generous: tests share two cores with other builds.
+const WAIT_MAX: Duration = Duration::from_secs(120);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `n_files` files of `bytes_each` generated text under `dir/in`.
+fn corpus(dir: &Path, n_files: usize, bytes_each: u64, seed: u64) -> Vec<PathBuf> {
+    let input = dir.join("in");
+    fs::create_dir_all(&input).unwrap();
+    (0..n_files)
+        .map(|i| {
+            let p = input.join(format!("text-{i}.txt"));
+            let mut f = std::io::BufWriter::new(fs::File::create(&p).unwrap());
+            TextGenerator::new(seed + i as u64)
+                .write(&mut f, bytes_each)
+                .unwrap();
+            p
+        })
+        .collect()
+}
+
+fn reference_wordcount(files: &[PathBuf]) -> Vec<String> {
+    let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for f in files {
+        for_each_word(&fs::read(f).unwrap(), |w| {
+            *counts.entry(w.to_vec()).or_default() += 1
+        });
+    }
+    let mut lines: Vec<String> = counts
+        .into_iter()
+        .map(|(w, c)| format!("{}\t{c}", String::from_utf8(w).unwrap()))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn reference_indexer(files: &[PathBuf]) -> Vec<String> {
+    let mut docs: BTreeMap<Vec<u8>, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let name = f.display().to_string();
+        for_each_word(&fs::read(f).unwrap(), |w| {
+            docs.entry(w.to_vec()).or_default().insert(name.clone());
+        });
+    }
+    let mut lines: Vec<String> = docs
+        .into_iter()
+        .map(|(w, d)| {
+            let list: Vec<String> = d.into_iter().collect();
+            format!(
+                "{}\t{}\t{}",
+                String::from_utf8(w).unwrap(),
+                list.len(),
+                list.join(",")
+            )
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// All lines of `dir/part-r-*`, sorted.
+fn output_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for p in part_files(dir) {
+        lines.extend(fs::read_to_string(p).unwrap().lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
+
+fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let mut parts: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("part-r-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.sort();
+    parts
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    Command::new(SHOAL)
+        .args(args)
+        .env("SHOAL_LOG", "info")
+        .stdout(fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_until(child: &mut Child, deadline: Instant) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit in time", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn s(items: &[&str]) -> Vec<String> {
+    items.iter().map(|x| x.to_string()).collect()
+}
+
+struct Cluster {
+    dir: PathBuf,
+    addr: String,
+    coordinator: Child,
+    workers: Vec<Child>,
+    n_spawned: usize,
+    worker_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Workers first (they must wait for the coordinator), then the coordinator.
+    fn start(dir: &Path, coordinator_args: &[String], n_workers: usize, worker_args: &[String]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut c = Cluster {
+            dir: dir.to_path_buf(),
+            addr: addr.clone(),
+            coordinator: Command::new("true").spawn().unwrap(),
+            workers: Vec::new(),
+            n_spawned: 0,
+            worker_args: worker_args.to_vec(),
+        };
+        for _ in 0..n_workers {
+            c.add_worker();
+        }
+        let mut args = s(&["mr", "coordinator", "--listen", &addr]);
+        args.extend_from_slice(coordinator_args);
+        c.coordinator = spawn(&args, &dir.join("coordinator.log"));
+        c
+    }
+
+    fn add_worker(&mut self) {
+        let mut args = s(&["mr", "worker", "--coordinator", &self.addr]);
+        args.extend_from_slice(&self.worker_args);
+        let log = self.dir.join(format!("worker-{}.log", self.n_spawned));
+        self.n_spawned += 1;
+        self.workers.push(spawn(&args, &log));
+    }
+
+    /// Waits for the coordinator and then every worker; returns the coordinator's status.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + WAIT_MAX;
+        let status = wait_until(&mut self.coordinator, deadline);
+        for w in &mut self.workers {
+            wait_until(w, deadline);
+        }
+        let log = fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default();
+        (status, log)
+    }
+}
+
+fn dump_logs_on_failure(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let text = fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out += &format!(
+                "--- {} (tail)\n{}\n",
+                p.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn mr_wordcount_equals_sequential_reference() {
+    // Goal (test-mr.sh "wc"): wordcount over three worker processes equals a sequential count.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 6, 300_000, 1);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "wordcount",
+        "--reducers",
+        "3",
+        &glob,
+    ]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    assert_eq!(part_files(&out).len(), 3);
+    assert!(out.join("_SUCCESS").exists());
+    assert!(!out.join("_temporary").exists());
+    assert_eq!(output_lines(&out), reference_wordcount(&files));
+}
+
+#[test]
+fn mr_indexer_equals_sequential_reference() {
+    // Goal (test-mr.sh "indexer"): the inverted index over two workers equals a sequential one.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 4, 100_000, 7);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "indexer",
+        "--reducers",
+        "2",
+        &glob,
+    ]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    assert_eq!(output_lines(&out), reference_indexer(&files));
+}
+
+/// Intervals `(worker pid, start ns, end ns)` appended by a streaming function.
+fn intervals(path: &Path) -> Vec<(u32, u128, u128)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn overlapping_workers(iv: &[(u32, u128, u128)]) -> bool {
+    iv.iter()
+        .any(|a| iv.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2))
+}
+
+/// A shell snippet that records `worker-pid start end` around `body` into `file`.
+fn timed(file: &Path, body: &str) -> String {
+    format!(
+        "s=$(date +%s%N); {body}; sleep 0.5; e=$(date +%s%N); echo \"$PPID $s $e\" >> {}",
+        file.display()
+    )
+}
+
+#[test]
+fn mr_map_parallelism() {
+    // Goal (test-mr.sh "map parallelism"): map tasks of two workers run at the same time.
+    let tmp = tempfile::tempdir().unwrap();
+    corpus(tmp.path(), 4, 1000, 3);
+    let times = tmp.path().join("map-times");
+    let mapper = format!("{}; printf 'k\\t1\\n'", timed(&times, "cat > /dev/null"));
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        "cat",
+        "--reducers",
+        "1",
+        &glob,
+    ]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let iv = intervals(&times);
+    assert_eq!(iv.len(), 4);
+    assert!(
+        overlapping_workers(&iv),
+        "no two workers mapped at the same time: {iv:?}"
+    );
+}
+
+#[test]
+fn mr_reduce_parallelism() {
+    // Goal (test-mr.sh "reduce parallelism"): reduce tasks of two workers run at the same time.
+    let tmp = tempfile::tempdir().unwrap();
+    corpus(tmp.path(), 2, 5000, 4);
+    let times = tmp.path().join("reduce-times");
+    let reducer = timed(&times, "cat");
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        mapper,
+        "--reducer",
+        &reducer,
+        "--reducers",
+        "4",
+        &glob,
+    ]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let iv = intervals(&times);
+    assert_eq!(iv.len(), 4);
+    assert!(
+        overlapping_workers(&iv),
+        "no two workers reduced at the same time: {iv:?}"
+    );
+}
+
+#[test]
+fn mr_job_count_each_map_task_runs_once() {
+    // Goal (test-mr.sh "job count"): without failures each map task runs exactly once.
+    let tmp = tempfile::tempdir().unwrap();
+    corpus(tmp.path(), 8, 2000, 5);
+    let count = tmp.path().join("count");
+    let mapper = format!(
+        "cat > /dev/null; echo run >> {}; printf 'k\\t1\\n'",
+        count.display()
+    );
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        "cat",
+        "--reducers",
+        "2",
+        "-o",
+        "json",
+        &glob,
+    ]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 8);
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    assert_eq!(summary["attempts_started"], 8 + 2, "{summary}");
+    assert_eq!(summary["attempts_failed"], 0);
+}
+
+#[test]
+fn mr_early_exit_no_process_exits_before_output_is_final() {
+    // Goal (test-mr.sh "early exit"): when the first process exits, the output is already final.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 5, 100_000, 9);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    // A slow reducer keeps the job going while the maps are long done.
+    let reducer = "sleep 0.3; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
+    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        mapper,
+        "--reducer",
+        reducer,
+        "--reducers",
+        "3",
+        &glob,
+    ]);
+    let mut cluster = Cluster::start(tmp.path(), &args, 3, &[]);
+    let deadline = Instant::now() + WAIT_MAX;
+    let first_exit_snapshot = loop {
+        let any_exited = cluster.coordinator.try_wait().unwrap().is_some()
+            || cluster
+                .workers
+                .iter_mut()
+                .any(|w| w.try_wait().unwrap().is_some());
+        if any_exited {
+            break output_lines(&out);
+        }
+        assert!(Instant::now() < deadline, "no process exited in time");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (status, _) = cluster.finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let final_output = output_lines(&out);
+    assert_eq!(
+        first_exit_snapshot, final_output,
+        "output changed after the first process exited"
+    );
+    assert_eq!(final_output, reference_wordcount(&files));
+}
+
+#[test]
+fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
+    // Goal (test-mr.sh "crash"): with workers SIGKILLed at random and user functions that fail
+    // or hang past the task timeout, the output still equals the sequential reference.
+    let seed = std::env::var("SHOAL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("SHOAL_TEST_SEED={seed}");
+    let mut rng = SplitMix64::new(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 10, 60_000, 11);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    // About 15% of attempts fail, 10% hang (killed after the 2 s task timeout).
+    let dice = "r=$(od -An -N1 -tu1 /dev/urandom | tr -d ' ')";
+    let mapper = format!(
+        "{dice}; if [ $r -lt 38 ]; then echo crash >&2; exit 3; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
+         tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'"
+    );
+    let reducer = format!(
+        "{dice}; if [ $r -lt 38 ]; then exit 4; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
+         awk -F'\\t' '{{c[$1]+=$2}} END {{for (k in c) print k \"\\t\" c[k]}}'"
+    );
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        &reducer,
+        "--reducers",
+        "3",
+        "--task-timeout",
+        "2s",
+        "--worker-timeout",
+        "1s",
+        "--max-attempts",
+        "30",
+        "-o",
+        "json",
+        &glob,
+    ]);
+    let mut cluster = Cluster::start(tmp.path(), &args, 3, &[]);
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut kills = 0;
+    while cluster.coordinator.try_wait().unwrap().is_none() && kills < 8 {
+        assert!(Instant::now() < deadline, "job did not finish in time");
+        std::thread::sleep(Duration::from_millis(400 + rng.next_u64() % 800));
+        let live: Vec<usize> = (0..cluster.workers.len())
+            .filter(|i| cluster.workers[*i].try_wait().unwrap().is_none())
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let victim = live[(rng.next_u64() % live.len() as u64) as usize];
+        let _ = cluster.workers[victim].kill(); // SIGKILL
+        let _ = cluster.workers[victim].wait();
+        kills += 1;
+        cluster.add_worker();
+    }
+    let (status, log) = cluster.finish();
+    assert!(
+        status.success(),
+        "seed {seed}\n{}",
+        dump_logs_on_failure(tmp.path())
+    );
+    let _ = log;
+    assert_eq!(output_lines(&out), reference_wordcount(&files), "seed {seed}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    eprintln!("kills {kills}, summary {summary}");
+    // The faults really happened: failed or timed-out attempts, and attempts lost with killed workers.
+    assert!(summary["attempts_failed"].as_u64().unwrap() > 0, "{summary}");
+    assert!(kills > 0, "the job ended before the first kill");
+}
+
+#[test]
+fn mr_failing_mapper_fails_job_with_its_stderr_and_leaves_no_output() {
+    // Goal: a mapper that always fails makes the coordinator exit 1 with the command's exit
+    // status and stderr in the error, its workers exit, and no part-r-* file is left.
+    let tmp = tempfile::tempdir().unwrap();
+    corpus(tmp.path(), 3, 1000, 2);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        "echo the input is cursed >&2; exit 7",
+        "--reducer",
+        "cat",
+        "--max-attempts",
+        "3",
+        &glob,
+    ]);
+    let (status, log) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
+    assert_eq!(status.code(), Some(1));
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("exited with status 7")
+            && last.contains("the input is cursed")
+            && last.contains("3 times"),
+        "{last}"
+    );
+    assert!(part_files(&out).is_empty());
+    assert!(!out.join("_temporary").exists());
+}
+
+/// Runs `shoal ARGS…` to completion: (exit code, stdout, stderr).
+fn shoal(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(SHOAL)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn mr_run_bad_inputs_give_clear_errors() {
+    // Goal: missing input, an input under a file, an unknown app, a mapper that does not exist,
+    // malformed streaming lines, an unwritable output folder, existing output, and usage errors
+    // each fail with a reason naming the problem (exit 1; usage errors exit 2).
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 1, 1000, 1);
+    let input = files[0].to_str().unwrap();
+    let out = tmp.path().join("out");
+    let out = out.to_str().unwrap();
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            s(&[
+                "--input",
+                "/no/such/input.txt",
+                "--output",
+                out,
+                "--app",
+                "wordcount",
+            ]),
+            1,
+            "cannot read input /no/such/input.txt",
+        ),
+        (
+            s(&[
+                "--input",
+                &format!("{input}/x"),
+                "--output",
+                out,
+                "--app",
+                "wordcount",
+            ]),
+            1,
+            "Not a directory",
+        ),
+        (
+            s(&["--input", "/no/such/*.txt", "--output", out, "--app", "wordcount"]),
+            1,
+            "matches no file",
+        ),
+        (
+            s(&["--input", input, "--output", out, "--app", "nope"]),
+            1,
+            "built-in apps are wordcount",
+        ),
+        (
+            s(&[
+                "--input",
+                input,
+                "--output",
+                out,
+                "--mapper",
+                "no-such-mapper-cmd",
+                "--reducer",
+                "cat",
+                "--max-attempts",
+                "1",
+            ]),
+            1,
+            "not found",
+        ),
+        (
+            s(&[
+                "--input",
+                input,
+                "--output",
+                out,
+                "--mapper",
+                "echo no tab here",
+                "--reducer",
+                "cat",
+                "--max-attempts",
+                "1",
+            ]),
+            1,
+            "malformed line 1",
+        ),
+        (
+            s(&[
+                "--input",
+                input,
+                "--output",
+                &format!("{input}/out"),
+                "--app",
+                "wordcount",
+            ]),
+            1,
+            "cannot write output folder",
+        ),
+        (
+            s(&["--input", input, "--output", out, "--app", "grep"]),
+            1,
+            "needs --pattern",
+        ),
+        (s(&["--output", out, "--app", "wordcount"]), 2, "--input"),
+        (
+            s(&["--input", input, "--output", out]),
+            1,
+            "--mapper CMD --reducer CMD",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let mut full = s(&["mr", "run"]);
+        full.extend(args.clone());
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (got, _, stderr) = shoal(&refs);
+        assert_eq!(got, code, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in {stderr}"
+        );
+        assert!(part_files(Path::new(out)).is_empty(), "{args:?} left output");
+    }
+    // Existing output is refused without --overwrite, replaced with it.
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--app",
+        "wordcount",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--app",
+        "wordcount",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--overwrite"), "{err}");
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--app",
+        "distinct",
+        "--overwrite",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn mr_run_shuffle_larger_than_memory_spills_and_merges() {
+    // Goal: with map and reduce buffers far smaller than the data, the job spills and merges on
+    // disk and still equals the reference.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 3, 400_000, 21);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let (code, stdout, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "wordcount",
+        "--reducers",
+        "2",
+        "--workers",
+        "2",
+        "--map-buffer",
+        "16KiB",
+        "--reduce-buffer",
+        "16KiB",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(summary["counters"]["spills"].as_u64().unwrap() > 30, "{summary}");
+    assert_eq!(output_lines(&out), reference_wordcount(&files));
+}
+
+#[test]
+fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
+    // Goal: the sort app's part-r-* concatenate to the sorted input; distinct and grep agree with
+    // references computed here.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 2, 200_000, 31);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for f in &files {
+        lines.extend(
+            fs::read(f)
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+    }
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let out = tmp.path().join("sorted");
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "sort",
+        "--reducers",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut concat = Vec::new();
+    let parts = part_files(&out);
+    assert_eq!(parts.len(), 4);
+    for p in &parts {
+        concat.extend(
+            fs::read(p)
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+    }
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(concat, sorted);
+    // Range partitions are not wildly skewed.
+    let sizes: Vec<u64> = parts.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
+    assert!(sizes.iter().all(|s| *s > 0), "{sizes:?}");
+
+    let out = tmp.path().join("distinct");
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "distinct",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut distinct: Vec<String> = lines
+        .iter()
+        .map(|l| String::from_utf8(l.clone()).unwrap())
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(output_lines(&out), distinct);
+
+    let out = tmp.path().join("grep");
+    let (code, _, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &glob,
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "grep",
+        "--pattern",
+        "[A-Z][a-z]+",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let re = regex::Regex::new("[A-Z][a-z]+").unwrap();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &lines {
+        for m in re.find_iter(std::str::from_utf8(l).unwrap()) {
+            *counts.entry(m.as_str().to_string()).or_default() += 1;
+        }
+    }
+    let mut expected: Vec<String> = counts.into_iter().map(|(k, v)| format!("{k}\t{v}")).collect();
+    expected.sort();
+    assert_eq!(output_lines(&out), expected);
+}
+
+#[test]
+fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
+    // Goal: a coordinator SIGKILLed mid-job and restarted with the same command line resumes
+    // from its journal: committed work is not redone (each map task ran once), the workers
+    // carry on, and the output equals the reference.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 4, 50_000, 41);
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let count = tmp.path().join("map-runs");
+    let mapper = format!(
+        "echo run >> {}; tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'",
+        count.display()
+    );
+    let reducer = "sleep 0.5; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        reducer,
+        "--reducers",
+        "6",
+        "-o",
+        "json",
+        &glob,
+    ]);
+    let mut cluster = Cluster::start(tmp.path(), &args, 2, &[]);
+    let journal = out.join("_temporary").join("journal");
+    let deadline = Instant::now() + WAIT_MAX;
+    while !fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("ReduceCommitted")
+    {
+        assert!(Instant::now() < deadline, "no reduce committed in time");
+        assert!(
+            cluster.coordinator.try_wait().unwrap().is_none(),
+            "the job ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.coordinator.kill().unwrap();
+    cluster.coordinator.wait().unwrap();
+    let mut restart = s(&["mr", "coordinator", "--listen", &cluster.addr]);
+    restart.extend(args.clone());
+    cluster.coordinator = spawn(&restart, &tmp.path().join("coordinator.log"));
+    let (status, _) = cluster.finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    assert_eq!(summary["resumed"], true, "{summary}");
+    assert!(
+        summary["attempts_started"].as_u64().unwrap() < 6,
+        "committed reduces ran again: {summary}"
+    );
+    assert_eq!(
+        fs::read_to_string(&count).unwrap().lines().count(),
+        4,
+        "map tasks ran again"
+    );
+    assert_eq!(output_lines(&out), reference_wordcount(&files));
+}
+
+#[test]
+fn mr_run_combine_small_files_packs_inputs_into_few_tasks() {
+    // Goal: a thousand tiny inputs with --combine-small-files make one map task, not a thousand,
+    // and the indexer still names each input file.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir_all(&input).unwrap();
+    let mut files = Vec::new();
+    for i in 0..1000 {
+        let p = input.join(format!("f{i:04}.txt"));
+        fs::write(
+            &p,
+            format!("alpha beta{}\n", if i % 2 == 0 { " gamma" } else { "" }),
+        )
+        .unwrap();
+        files.push(p);
+    }
+    let out = tmp.path().join("out");
+    let (code, stdout, err) = shoal(&[
+        "mr",
+        "run",
+        "--input",
+        &format!("{}/*.txt", input.display()),
+        "--output",
+        out.to_str().unwrap(),
+        "--app",
+        "indexer",
+        "--combine-small-files",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["maps"]["total"], 1, "{summary}");
+    assert_eq!(output_lines(&out), reference_indexer(&files));
+}
+
+#[test]
+fn mr_run_streaming_with_combiner_equals_reference() {
+    // Goal: a streaming job with a streaming combiner (run on each sorted spill partition)
+    // counts words like the reference, and the combiner really shrinks the map output.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 2, 300_000, 51);
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
+    // Groups adjacent keys, so its output stays sorted.
+    let sum_sorted = "awk -F'\\t' '$1 != k { if (NR > 1) print k \"\\t\" c; k = $1; c = 0 } { c += $2 } END { if (NR > 0) print k \"\\t\" c }'";
+    let mut map_bytes = Vec::new();
+    for (name, combiner) in [("plain", None), ("combined", Some(sum_sorted))] {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "mr",
+            "run",
+            "--input",
+            &glob,
+            "--output",
+            out.to_str().unwrap(),
+            "--mapper",
+            mapper,
+            "--reducer",
+            sum_sorted,
+            "--reducers",
+            "2",
+            "--map-buffer",
+            "256KiB",
+            "-o",
+            "json",
+        ];
+        if let Some(c) = combiner {
+            args.extend(["--combiner", c]);
+        }
+        let (code, stdout, err) = shoal(&args);
+        assert_eq!(code, 0, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        map_bytes.push(summary["counters"]["map_bytes_out"].as_u64().unwrap());
+        assert_eq!(output_lines(&out), reference_wordcount(&files), "{name}");
+    }
+    assert!(
+        map_bytes[1] * 2 < map_bytes[0],
+        "the combiner did not shrink map output: {map_bytes:?}"
+    );
+}
+
+#[test]
+fn mr_worker_and_status_without_a_coordinator_give_up_clearly() {
+    // Goal: a worker whose coordinator never appears keeps trying for --coordinator-wait, then
+    // exits 1 saying so; `mr status` against nothing exits 1 naming the address.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let (code, _, err) = shoal(&[
+        "mr",
+        "worker",
+        "--coordinator",
+        &addr,
+        "--coordinator-wait",
+        "1500ms",
+    ]);
+    let waited = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&addr), "{err}");
+    assert!(waited >= Duration::from_millis(1500), "gave up after {waited:?}");
+    let (code, _, err) = shoal(&["mr", "status", "--coordinator", &addr, "--timeout", "500ms"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot reach coordinator") && err.contains(&addr),
+        "{err}"
+    );
+}
