@@ -29,7 +29,8 @@
 #   SCALE=3 bench/etcd-compare.sh          # 3x the requests per workload
 #   CASES="put-64 get-lin-64" bench/etcd-compare.sh
 #   KEEP=1 bench/etcd-compare.sh           # keep the data, logs and JSON results
-# Environment: SHOAL_BIN (default target/release/shoal, built if absent), BASE_PORT (default
+# Environment: SHOAL_BIN (default target/release/shoal, built if absent), SHOAL_LABEL (what to
+# call that binary in the table; default the work tree's commit), BASE_PORT (default
 # 27100: Shoal on BASE+1..3, etcd clients on BASE+11..13, etcd peers on BASE+21..23),
 # WORK_DIR (default a new directory under ${TMPDIR:-/tmp}).
 set -euo pipefail
@@ -213,12 +214,13 @@ run_case() {
     servers_after=$(proc_ticks "${pids[@]}")
     busy_after=$(machine_busy_ticks)
     ended=$(date +%s.%N)
-    # wall s, servers' CPU s, load generator's CPU s, everything else's CPU s (the other
-    # store idling, other users of the machine: a large figure means a disturbed run).
+    # wall s, servers' CPU s, load generator's CPU s, and everything else's CPU (the other
+    # store idling, other users of the machine) in % of the machine: a disturbed run.
     awk -v t0="$started" -v t1="$ended" -v s=$((servers_after - servers_before)) \
         -v m=$((busy_after - busy_before)) -v hz="$CLK_TCK" -v gen="$(awk '{print $1 + $2}' "$out.time")" \
+        -v cores="$(nproc)" \
         'BEGIN { others = m / hz - s / hz - gen; if (others < 0) others = 0;
-                 printf "%.2f %.2f %.2f %.2f\n", t1 - t0, s / hz, gen, others }' >"$out.cpu"
+                 printf "%.2f %.2f %.2f %.0f\n", t1 - t0, s / hz, gen, 100 * others / ((t1 - t0) * cores) }' >"$out.cpu"
 }
 
 # ----- the run -----
@@ -228,7 +230,7 @@ start_etcd
 wait_ready
 
 ETCD_VERSION=$(etcd --version | awk '/etcd Version/ {print $3}')
-SHOAL_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+SHOAL_REV=${SHOAL_LABEL:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 log "etcd $ETCD_VERSION and Shoal $SHOAL_REV ready; data in $WORK_DIR"
 
 idx=0
@@ -258,7 +260,7 @@ echo "Shoal $SHOAL_REV vs etcd $ETCD_VERSION, 3 members each on loopback, fsync 
 echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo) GiB RAM;" \
     "data on $(df --output=source "$WORK_DIR" | tail -1) ($(df --output=fstype "$WORK_DIR" | tail -1 | tr -d ' ')); load before: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "| workload | Shoal req/s | etcd req/s | Shoal ÷ etcd | Shoal p50 / p99 ms | etcd p50 / p99 ms | p99 Shoal ÷ etcd | errors S / e | CPU µs/req servers + bench, S / e | others' CPU s, S / e |"
+echo "| workload | Shoal req/s | etcd req/s | Shoal ÷ etcd | Shoal p50 / p99 ms | etcd p50 / p99 ms | p99 Shoal ÷ etcd | errors S / e | CPU µs/req servers + bench, S / e | others' CPU %, S / e |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for label in $CASES; do
     s=$WORK_DIR/results/$label.shoal
@@ -287,5 +289,5 @@ echo
 echo "Each row: shoal bench kv <workload> --target shoal|etcd -o json (arguments above); ratios are Shoal ÷ etcd"
 echo "(throughput: higher is better for Shoal; p99: lower is better). CPU µs/req: the three servers'"
 echo "and the load generator's user + system CPU (/proc) per completed request (watch: per event)."
-echo "'others' is CPU used by anything else during the row (the idle store, other users of the"
-echo "machine): more than a few seconds means the row was disturbed."
+echo "'others' is the CPU used by anything else during the row (the idle store, other users of the"
+echo "machine) in % of all cores: more than a few % means the row was disturbed."
