@@ -102,7 +102,7 @@ fn run_seed(seed: u64) -> (History, u64) {
     let mut config = SimConfig::scenario(N_NODES, seed);
     config.fault_phase_ms = RUN_MS;
     let mut sim = Sim::new(config);
-    let mut rng = SimRng::new(seed ^ 0x5eed_0f_3e7a);
+    let mut rng = SimRng::new(seed ^ 0x5eed_0f3e_7a00);
     let mut reference = Reference {
         store: MetaStore::new(),
         applied: 0,
