@@ -49,8 +49,8 @@ pub enum OutputFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a local 3-member coordination store in this process and narrate it: election,
-    /// writes, a watch and a lease, the leader's crash under load, re-election, recovery.
+    /// Narrated showcase: a local 3-member coordination store loses its leader under load
+    /// (election, watch, lease, recovery); then a MapReduce word count loses a worker.
     #[command(after_help = "Example:\n  shoal demo\n  shoal demo --data-dir /tmp/shoal-demo")]
     Demo(DemoArgs),
     /// Run one cluster member. Members started with the same --peers form a cluster; a restarted
