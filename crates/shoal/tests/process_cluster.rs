@@ -1487,26 +1487,38 @@ fn process_cluster_bad_input_errors() {
     );
 }
 
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves no server behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A single-member `shoal server` on `addr` with its data in `dir`, output discarded.
-fn spawn_single_server(dir: &str, addr: &str) -> std::process::Child {
+fn spawn_single_server(dir: &str, addr: &str) -> KillOnDrop {
     let peers = format!("1={addr}");
-    Command::new(shoal_binary())
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--data-dir",
-            dir,
-            "--listen",
-            addr,
-            "--peers",
-            &peers,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start server")
+    KillOnDrop(
+        Command::new(shoal_binary())
+            .args([
+                "server",
+                "--id",
+                "1",
+                "--data-dir",
+                dir,
+                "--listen",
+                addr,
+                "--peers",
+                &peers,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server"),
+    )
 }
 
 /// Runs `shoal args` until it succeeds (the cluster may still be electing), at most
@@ -1717,7 +1729,7 @@ fn process_kv_cli_contract_and_bad_input() {
     let output = shoal(&restore);
     assert!(output.status.success(), "{}", describe(&output));
     assert_fails_with(&shoal(&restore), &["already holds data"]);
-    let mut restored = spawn_single_server(new_dir_text, &new_addr);
+    let restored = spawn_single_server(new_dir_text, &new_addr);
     let output = shoal_until_success(&[
         "kv",
         "get",
@@ -1732,8 +1744,7 @@ fn process_kv_cli_contract_and_bad_input() {
         "hi\n",
         "the restored cluster holds the data"
     );
-    let _ = restored.kill();
-    let _ = restored.wait();
+    drop(restored);
 
     // A cluster that is not there.
     let closed = free_addresses(1).remove(0);
@@ -1769,7 +1780,7 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
     let dir_text = dir.to_str().expect("UTF-8 path");
     let addr = free_addresses(1).remove(0);
     let peers = format!("1={addr}");
-    let mut server = spawn_single_server(dir_text, &addr);
+    let server = spawn_single_server(dir_text, &addr);
     let value = "v".repeat(2000);
     for i in 0..50 {
         shoal_until_success(&[
@@ -1783,8 +1794,7 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
             "2s",
         ]);
     }
-    signal(server.id(), "-KILL");
-    let _ = server.wait();
+    drop(server); // SIGKILL
 
     // Another cluster's --peers on this data dir.
     let other = free_addresses(2);
