@@ -29,7 +29,7 @@ use crate::input::{expand_inputs, plan_splits, InputSplit};
 use crate::job::Job;
 use crate::proto;
 use crate::task_table::{
-    Action, Assignment, AttemptId, JobState, PhaseCounts, TaskId, TaskKind, TaskTable, TaskTableConfig,
+    Action, Assignment, AttemptId, JobState, TableCounts, TaskId, TaskKind, TaskTable, TaskTableConfig,
     WorkerId,
 };
 
@@ -187,15 +187,9 @@ pub struct JobStatus {
     pub error: Option<String>,
     pub output: String,
     pub elapsed_ms: u64,
-    pub maps: PhaseCounts,
-    pub reduces: PhaseCounts,
-    pub attempts_started: u64,
-    pub attempts_failed: u64,
-    pub attempts_lost: u64,
-    pub backup_attempts: u64,
-    pub map_reexecutions: u64,
-    pub workers_alive: u32,
-    pub workers_lost: u32,
+    /// Tasks, attempts and workers, as the task table counts them (inlined in the JSON).
+    #[serde(flatten)]
+    pub table: TableCounts,
     pub counters: JobCounters,
     pub map_phase_ms: u64,
     pub reduce_phase_ms: u64,
@@ -601,7 +595,8 @@ impl Coordinator {
                     worker,
                 } => {
                     let addr = st.worker_addrs.get(&worker).cloned().unwrap_or_default();
-                    if st.table.counts().maps.done == st.table.counts().maps.total {
+                    let maps = st.table.counts().maps;
+                    if maps.done == maps.total {
                         st.map_phase_end_ms = Some(now);
                     }
                     st.journal.append(&JournalRecord::MapCommitted {
@@ -698,15 +693,7 @@ impl Coordinator {
             error,
             output: st.output.display().to_string(),
             elapsed_ms: now,
-            maps: c.maps,
-            reduces: c.reduces,
-            attempts_started: c.attempts_started,
-            attempts_failed: c.attempts_failed,
-            attempts_lost: c.attempts_lost,
-            backup_attempts: c.backup_attempts,
-            map_reexecutions: c.map_reexecutions,
-            workers_alive: c.workers_alive,
-            workers_lost: c.workers_lost,
+            table: c,
             counters: st.counters.clone(),
             map_phase_ms: map_end.saturating_sub(map_start),
             reduce_phase_ms: if st.map_phase_end_ms.is_some() {

@@ -204,12 +204,7 @@ impl GroupHandle {
         &self,
         f: impl FnOnce(&dyn StateMachine) -> R + Send + 'static,
     ) -> Result<R> {
-        self.call(|reply: Reply<R>| {
-            Input::Read(Box::new(move |state_machine: Result<&dyn StateMachine>| {
-                let _ = reply.send(state_machine.map(f));
-            }))
-        })
-        .await
+        self.run_read(Input::Read, f).await
     }
 
     /// Runs `f` on this replica's state machine now, without confirming leadership.
@@ -217,8 +212,17 @@ impl GroupHandle {
         &self,
         f: impl FnOnce(&dyn StateMachine) -> R + Send + 'static,
     ) -> Result<R> {
+        self.run_read(Input::ReadLocal, f).await
+    }
+
+    /// Queues a read of kind `input` (linearizable or local) and waits for `f`'s result.
+    async fn run_read<R: Send + 'static>(
+        &self,
+        input: fn(ReadFn) -> Input,
+        f: impl FnOnce(&dyn StateMachine) -> R + Send + 'static,
+    ) -> Result<R> {
         self.call(|reply: Reply<R>| {
-            Input::ReadLocal(Box::new(move |state_machine: Result<&dyn StateMachine>| {
+            input(Box::new(move |state_machine: Result<&dyn StateMachine>| {
                 let _ = reply.send(state_machine.map(f));
             }))
         })
@@ -270,6 +274,15 @@ impl GroupHandle {
     }
 }
 
+/// The concrete state machine behind a group's `dyn StateMachine`.
+fn downcast<S: StateMachine>(state_machine: &dyn StateMachine) -> &S {
+    let any: &dyn Any = state_machine;
+    match any.downcast_ref::<S>() {
+        Some(state_machine) => state_machine,
+        None => unreachable!("a RaftGroup<S> always runs a state machine of type S"),
+    }
+}
+
 /// A running Raft group replicating state machine `S` on this node.
 pub struct RaftGroup<S> {
     handle: GroupHandle,
@@ -312,13 +325,7 @@ impl<S: StateMachine> RaftGroup<S> {
     /// the call. `f` runs on the group's thread, so it should be quick.
     pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
         self.handle
-            .read_with(move |state_machine| {
-                let any: &dyn Any = state_machine;
-                match any.downcast_ref::<S>() {
-                    Some(state_machine) => f(state_machine),
-                    None => unreachable!("a RaftGroup<S> always runs a state machine of type S"),
-                }
-            })
+            .read_with(move |state_machine| f(downcast::<S>(state_machine)))
             .await
     }
 
@@ -326,13 +333,7 @@ impl<S: StateMachine> RaftGroup<S> {
     /// sees what this node applied), but served by any member, leader or not.
     pub async fn read_local<R: Send + 'static>(&self, f: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
         self.handle
-            .read_local_with(move |state_machine| {
-                let any: &dyn Any = state_machine;
-                match any.downcast_ref::<S>() {
-                    Some(state_machine) => f(state_machine),
-                    None => unreachable!("a RaftGroup<S> always runs a state machine of type S"),
-                }
-            })
+            .read_local_with(move |state_machine| f(downcast::<S>(state_machine)))
             .await
     }
 
@@ -360,6 +361,13 @@ impl<S: StateMachine> RaftGroup<S> {
     /// The latest published state.
     pub fn state(&self) -> GroupState {
         self.handle.state()
+    }
+
+    /// The latest published term and role, without copying the whole state (for request
+    /// paths).
+    pub fn term_and_role(&self) -> (Term, Role) {
+        let state = self.handle.shared.state.borrow();
+        (state.term, state.role)
     }
 
     /// A receiver that sees every published state change.

@@ -201,33 +201,12 @@ pub(crate) fn membership_change_to_proto(
     }
 }
 
-pub(crate) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Follower => "follower",
-        Role::PreCandidate => "pre-candidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
-        Role::Learner => "learner",
-    }
-}
-
-pub(crate) fn role_from_name(name: &str) -> Option<Role> {
-    match name {
-        "follower" => Some(Role::Follower),
-        "pre-candidate" => Some(Role::PreCandidate),
-        "candidate" => Some(Role::Candidate),
-        "leader" => Some(Role::Leader),
-        "learner" => Some(Role::Learner),
-        _ => None,
-    }
-}
-
 pub(crate) fn status_to_proto(status: &GroupStatus) -> proto::StatusResponse {
     proto::StatusResponse {
         group_id: status.group_id,
         id: status.id.0,
         term: status.term.0,
-        role: role_name(status.role).to_string(),
+        role: status.role.name().to_string(),
         leader: status.leader.map_or(0, |id| id.0),
         leader_addr: status.leader_addr.clone().unwrap_or_default(),
         commit_index: status.commit_index.0,
@@ -260,7 +239,7 @@ pub(crate) fn status_from_proto(status: proto::StatusResponse) -> GroupStatus {
         group_id: status.group_id,
         id: NodeId(status.id),
         term: Term(status.term),
-        role: role_from_name(&status.role).unwrap_or(Role::Follower),
+        role: Role::from_name(&status.role).unwrap_or(Role::Follower),
         leader: (status.leader != 0).then_some(NodeId(status.leader)),
         leader_addr: (!status.leader_addr.is_empty()).then_some(status.leader_addr),
         commit_index: LogIndex(status.commit_index),

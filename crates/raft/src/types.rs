@@ -210,3 +210,29 @@ pub enum Role {
     /// A non-voting member: follows the leader, never campaigns.
     Learner,
 }
+
+impl Role {
+    /// The role's name as status output shows it ("leader", "pre-candidate", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+            Role::Learner => "learner",
+        }
+    }
+
+    /// The role named `name` (the inverse of [`Role::name`]).
+    pub fn from_name(name: &str) -> Option<Role> {
+        [
+            Role::Follower,
+            Role::PreCandidate,
+            Role::Candidate,
+            Role::Leader,
+            Role::Learner,
+        ]
+        .into_iter()
+        .find(|role| role.name() == name)
+    }
+}

@@ -273,12 +273,7 @@ pub fn failover(global: &GlobalArgs, trials: usize, data_dir: Option<&Path>) -> 
     let base = data_dir.unwrap_or(temp.path()).to_path_buf();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
     let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{}={e}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = crate::server::peers_arg(&endpoints);
     let mut servers: Vec<ServerProcess> = (0..3)
         .map(|i| {
             ServerProcess::spawn(vec![

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use serde_json::json;
 use shoal_meta::proto::StatusResponse;
-use shoal_raft::{NodeId, Role};
+use shoal_raft::NodeId;
 use shoal_raft_runtime::{ClientOptions, GroupStatus, MembershipChange, RaftClient};
 
 use crate::cli::{ClusterCommand, GlobalArgs, MemberCommand, OutputFormat, SnapshotCommand};
@@ -17,16 +17,6 @@ pub fn client(global: &GlobalArgs) -> anyhow::Result<RaftClient> {
     };
     RaftClient::with_options(global.endpoints.clone(), META_GROUP_ID, options)
         .with_context(|| format!("invalid --endpoints {}", global.endpoints.join(",")))
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Follower => "follower",
-        Role::Candidate => "candidate",
-        Role::PreCandidate => "pre-candidate",
-        Role::Learner => "learner",
-    }
 }
 
 fn status_json(status: &GroupStatus) -> serde_json::Value {
@@ -51,7 +41,7 @@ fn status_json(status: &GroupStatus) -> serde_json::Value {
         "leader_address": status.leader_addr,
         "term": status.term.0,
         "members": members,
-        "answered_by": {"id": status.id.0, "role": role_name(status.role)},
+        "answered_by": {"id": status.id.0, "role": status.role.name()},
         "commit_index": status.commit_index.0,
         "applied_index": status.applied_index.0,
         "first_index": status.first_index.0,

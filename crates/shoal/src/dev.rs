@@ -48,12 +48,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             bail!("{endpoint} is in use (another shoal dev?); pick other ports with --base-port");
         }
     }
-    let peers = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{}={e}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = crate::server::peers_arg(&endpoints);
     let exe = std::env::current_exe().context("finding the shoal binary")?;
     let mut members = Members(Vec::new());
     for (i, endpoint) in endpoints.iter().enumerate() {

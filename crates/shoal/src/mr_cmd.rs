@@ -283,23 +283,23 @@ impl Progress {
     fn update(&mut self, s: &JobStatus) {
         match &self.bars {
             Some((map, reduce)) => {
-                map.set_length(u64::from(s.maps.total));
-                map.set_position(u64::from(s.maps.done));
-                map.set_message(format!("{} running", s.maps.running));
-                reduce.set_length(u64::from(s.reduces.total));
-                reduce.set_position(u64::from(s.reduces.done));
-                reduce.set_message(format!("{} running", s.reduces.running));
+                map.set_length(u64::from(s.table.maps.total));
+                map.set_position(u64::from(s.table.maps.done));
+                map.set_message(format!("{} running", s.table.maps.running));
+                reduce.set_length(u64::from(s.table.reduces.total));
+                reduce.set_position(u64::from(s.table.reduces.done));
+                reduce.set_message(format!("{} running", s.table.reduces.running));
             }
             None => {
                 let line = format!(
                     "map {}/{} done, {} running; reduce {}/{} done, {} running; {} failed attempts",
-                    s.maps.done,
-                    s.maps.total,
-                    s.maps.running,
-                    s.reduces.done,
-                    s.reduces.total,
-                    s.reduces.running,
-                    s.attempts_failed
+                    s.table.maps.done,
+                    s.table.maps.total,
+                    s.table.maps.running,
+                    s.table.reduces.done,
+                    s.table.reduces.total,
+                    s.table.reduces.running,
+                    s.table.attempts_failed
                 );
                 if line != self.last_line {
                     eprintln!("{line}");
@@ -352,7 +352,7 @@ fn print_summary(format: OutputFormat, s: &JobStatus) {
     );
     println!(
         "tasks:     {} map, {} reduce; attempts {} started, {} failed, {} lost to dead workers, {} backups; {} map re-executions",
-        s.maps.total, s.reduces.total, s.attempts_started, s.attempts_failed, s.attempts_lost, s.backup_attempts, s.map_reexecutions
+        s.table.maps.total, s.table.reduces.total, s.table.attempts_started, s.table.attempts_failed, s.table.attempts_lost, s.table.backup_attempts, s.table.map_reexecutions
     );
     println!(
         "map:       {} records, {} in -> {} records, {} out ({} spills)",
@@ -379,7 +379,10 @@ fn print_summary(format: OutputFormat, s: &JobStatus) {
         );
     }
     if s.state == "done" {
-        println!("output:    {}/part-r-* ({} files)", s.output, s.reduces.total);
+        println!(
+            "output:    {}/part-r-* ({} files)",
+            s.output, s.table.reduces.total
+        );
     }
     for f in &s.recent_failures {
         println!("failure:   {f}");

@@ -15,6 +15,16 @@ use crate::cli::ServerArgs;
 /// The id of the Raft group that holds the coordination store (the cluster's own state).
 pub const META_GROUP_ID: u64 = 1;
 
+/// The `--peers` value for members 1, 2, … at `endpoints`, in order.
+pub fn peers_arg(endpoints: &[String]) -> String {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}={e}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Parses `1=host:port,2=host:port` into a map, with errors that name the bad item.
 pub fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<NodeId, String>> {
     let mut peers = BTreeMap::new();

@@ -89,6 +89,8 @@ pub struct LeaderDuties {
     /// (when, revision) samples for periodic compaction.
     revision_samples: Vec<(Instant, i64)>,
     last_hash_check: Option<Instant>,
+    /// The store's lease-change count the deadlines reflect (resync when it moves).
+    n_lease_changes_synced: Option<u64>,
 }
 
 impl LeaderDuties {
@@ -132,10 +134,13 @@ impl LeaderDuties {
         if propose_internal(server, epoch).await.is_err() {
             return false;
         }
+        // Read the change count first: a change racing the read only causes a resync.
+        let n_lease_changes = server.inner.applied.borrow().n_lease_changes;
         let leases = match server.inner.group.read_local(|s| s.leases()).await {
             Ok(leases) => leases,
             Err(_) => return false,
         };
+        self.n_lease_changes_synced = Some(n_lease_changes);
         let now = Instant::now();
         let mut clock = lock(&server.inner.leases);
         clock.term = Some(term);
@@ -160,11 +165,17 @@ impl LeaderDuties {
         true
     }
 
-    /// Adds leases granted since (full TTL) and drops revoked ones.
+    /// Adds leases granted since (full TTL) and drops revoked ones; reads the leases only
+    /// when the store says its set of leases changed.
     async fn sync_leases(&mut self, server: &MetaServer, now: Instant) {
+        let n_lease_changes = server.inner.applied.borrow().n_lease_changes;
+        if self.n_lease_changes_synced == Some(n_lease_changes) {
+            return;
+        }
         let Ok(leases) = server.inner.group.read_local(|s| s.leases()).await else {
             return;
         };
+        self.n_lease_changes_synced = Some(n_lease_changes);
         let mut clock = lock(&server.inner.leases);
         let alive: HashMap<i64, i64> = leases.iter().map(|&(id, ttl, _)| (id, ttl)).collect();
         clock.deadlines.retain(|id, _| alive.contains_key(id));
@@ -282,10 +293,10 @@ async fn propose_internal(
 
 /// NOT_LEADER, with the leader's address when known, unless this member leads.
 pub(crate) async fn require_leader(inner: &Arc<Inner>) -> Result<(), proto::Error> {
-    let state = inner.group.state();
-    if state.role == Role::Leader {
+    if inner.group.term_and_role().1 == Role::Leader {
         return Ok(());
     }
+    let state = inner.group.state();
     let addr = match state.leader {
         Some(leader) => inner
             .group
@@ -306,20 +317,15 @@ pub(crate) async fn require_leader(inner: &Arc<Inner>) -> Result<(), proto::Erro
 /// Keep-alive at the leader: the lease's deadline moves to now + TTL.
 pub(crate) async fn keep_alive(inner: &Arc<Inner>, id: i64) -> Result<i64, proto::Error> {
     require_leader(inner).await?;
-    let state = inner.group.state();
+    let term = inner.group.term_and_role().0;
     let ttl = inner
         .group
-        .read_local(move |s| {
-            s.leases()
-                .into_iter()
-                .find(|(lease, _, _)| *lease == id)
-                .map(|(_, ttl, _)| ttl)
-        })
+        .read_local(move |s| s.lease_ttl_seconds(id))
         .await
         .map_err(super::raft_error)?
         .ok_or_else(|| store::lease_not_found(id))?;
     let mut clock = lock(&inner.leases);
-    if clock.term != Some(state.term) {
+    if clock.term != Some(term) {
         return Err(store::error(
             ErrorCode::Unavailable,
             "the new leader is still restoring lease deadlines; retry in a moment",

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use shoal_raft::{NodeId, Role};
+use shoal_raft::NodeId;
 use shoal_raft_runtime::{Error as RaftError, GroupConfig, RaftGroup, RaftNode};
 use tokio::sync::watch as tokio_watch;
 use tonic::{Request, Response, Status};
@@ -143,7 +143,7 @@ impl MetaServer {
     fn header(&self, header: Option<proto::ResponseHeader>) -> proto::ResponseHeader {
         let mut header = header.unwrap_or_default();
         header.member_id = self.inner.node_id.0;
-        header.raft_term = self.inner.group.state().term.0;
+        header.raft_term = self.inner.group.term_and_role().0 .0;
         header
     }
 
@@ -550,7 +550,7 @@ impl proto::maintenance_server::Maintenance for MetaServer {
             quota_bytes: self.inner.options.quota_bytes,
             members,
             alarms,
-            role: role_name(status_now.role).to_string(),
+            role: status_now.role.name().to_string(),
             n_keys,
             n_leases,
         }))
@@ -629,13 +629,3 @@ impl proto::maintenance_server::Maintenance for MetaServer {
 
 /// Bytes per snapshot chunk sent to `snapshot save`.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Follower => "follower",
-        Role::PreCandidate => "pre-candidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
-        Role::Learner => "learner",
-    }
-}

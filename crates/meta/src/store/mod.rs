@@ -42,6 +42,8 @@ pub struct AppliedInfo {
     pub size_bytes: i64,
     /// Bumped whenever the alarm list changes.
     pub n_alarm_changes: u64,
+    /// Bumped whenever a lease is granted or removed (the leader then resyncs its deadlines).
+    pub n_lease_changes: u64,
 }
 
 type Observer = Box<dyn FnMut(AppliedInfo) + Send>;
@@ -64,6 +66,7 @@ pub struct MetaStore {
     epoch_term: u64,
     alarms: BTreeMap<u64, proto::AlarmMember>,
     n_alarm_changes: u64,
+    n_lease_changes: u64,
     applied_index: u64,
     observer: Option<Observer>,
     /// Test-only fault: store every put's value reversed (a replica that diverges).
@@ -135,6 +138,7 @@ impl MetaStore {
             compact_revision: self.mvcc.compact_revision(),
             size_bytes: self.mvcc.size_bytes(),
             n_alarm_changes: self.n_alarm_changes,
+            n_lease_changes: self.n_lease_changes,
         }
     }
 
@@ -305,6 +309,7 @@ impl MetaStore {
                         format!("lease {id} already exists"),
                     ));
                 }
+                self.n_lease_changes += 1;
                 self.leases.insert(
                     id,
                     Lease {
@@ -383,6 +388,7 @@ impl MetaStore {
             let Some(lease) = self.leases.remove(id) else {
                 continue;
             };
+            self.n_lease_changes += 1;
             for key in lease.keys {
                 if self.mvcc.delete(revision, sub, &key).is_some() {
                     sub += 1;
@@ -750,6 +756,11 @@ impl MetaStore {
             },
             n_keys: lease.keys.len() as i64,
         })
+    }
+
+    /// The granted TTL of lease `id`, if it exists.
+    pub fn lease_ttl_seconds(&self, id: i64) -> Option<i64> {
+        self.leases.get(&id).map(|lease| lease.ttl_seconds)
     }
 
     pub fn has_lease(&self, id: i64) -> bool {

@@ -34,6 +34,8 @@ struct Header {
     n_alarm_changes: u64,
     #[prost(uint64, repeated, tag = "7")]
     evicted_sessions: Vec<u64>,
+    #[prost(uint64, tag = "8")]
+    n_lease_changes: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -137,6 +139,7 @@ pub(super) fn write(store: &MetaStore, out: &mut dyn Write) -> io::Result<()> {
             epoch_term: store.epoch_term,
             applied_index: store.applied_index,
             n_alarm_changes: store.n_alarm_changes,
+            n_lease_changes: store.n_lease_changes,
             evicted_sessions: store.sessions.evicted().copied().collect(),
         },
     )?;
@@ -300,6 +303,7 @@ pub(super) fn read(input: &mut dyn Read) -> io::Result<MetaStore> {
         epoch_term: header.epoch_term,
         alarms,
         n_alarm_changes: header.n_alarm_changes,
+        n_lease_changes: header.n_lease_changes,
         applied_index: header.applied_index,
         observer: None,
         fault_reverse_values: false,
