@@ -103,6 +103,7 @@
 //! own (`shoal_raft::Config`: in-flight messages, message bytes, uncommitted bytes, entry size).
 
 mod client;
+pub mod coalesce;
 mod codec;
 mod config;
 mod error;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::CoalescingIo;
 use crate::codec;
 use crate::config::{GroupConfig, NodeOptions};
 use crate::error::{Error, Result};
@@ -240,7 +241,10 @@ impl RaftNode {
             // tonic sets TCP_NODELAY only on listeners it binds itself: without it, small replies
             // wait ~40 ms for Nagle's algorithm.
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                tokio_stream::StreamExt::map(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    |stream| stream.map(CoalescingIo::new),
+                ),
                 signal,
             )
             .await

@@ -304,14 +304,11 @@ impl PeerTask {
 }
 
 async fn connect(address: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
+        .keep_alive_while_idle(true);
+    crate::coalesce::connect(endpoint, CONNECT_TIMEOUT).await
 }
 
 /// The inbound side: `RaftPeer.Send` streams demultiplexed to groups.

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
+use shoal_raft_runtime::coalesce;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -223,13 +224,12 @@ impl MetaClient {
         if let Some(channel) = lock(&self.inner.state).channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500).min(self.inner.options.request_timeout))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        let channel = coalesce::connect(
+            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| e.to_string())?,
+            Duration::from_millis(500).min(self.inner.options.request_timeout),
+        )
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
         lock(&self.inner.state)
             .channels
             .insert(endpoint.to_string(), channel.clone());
