@@ -30,11 +30,6 @@ use clap::Parser;
 
 use crate::cli::{BenchCommand, Cli, Command};
 
-/// mimalloc instead of the system allocator: the request path allocates per message (protobuf
-/// decode, HTTP/2 frames), and glibc's malloc/free were ~10% of the leader's CPU under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
