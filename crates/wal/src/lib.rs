@@ -29,6 +29,12 @@
 //! would make it larger than [`WalOptions::segment_size_bytes_max`], it is sealed (flushed
 //! and fsynced, with the directory) and a new segment starts.
 //!
+//! The active segment's file is zero-filled ahead of its records
+//! ([`WalOptions::preallocate_bytes`], 8 MiB at a time), so that a sync overwrites blocks
+//! that already exist and the fsync writes only data, not the file's size and block
+//! allocation. Sealing cuts the file back to its records: only the last segment ever ends
+//! in zeros.
+//!
 //! ## Record format
 //!
 //! A segment is a plain sequence of records, with no file header:
@@ -56,9 +62,10 @@
 //!    header, a partial payload, a CRC mismatch or a zero-filled region left by a crash
 //!    during unsynced appends — unless a fully valid record follows it somewhere later
 //!    in the file, which proves the damage sits in the middle of written data: refused.
-//!    A torn tail is cut (the file is truncated to the last good record) and its size is
-//!    reported in [`Recovered::truncated_tail_bytes`]. A last segment left with no record
-//!    is removed.
+//!    Zeros from there to the end of the file are preallocated space and stay. Anything
+//!    else is a torn tail: it is cut (the file is truncated to the last good record) and
+//!    its size up to its last non-zero byte is reported in
+//!    [`Recovered::truncated_tail_bytes`]. A last segment left with no record is removed.
 //! 4. The recovered records are then fsynced, since after a process crash they may live
 //!    only in the page cache.
 //!
@@ -110,5 +117,6 @@ pub use snapshot::{
     SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_META_BYTES_MAX,
 };
 pub use wal::{
-    parse_segment_file_name, segment_file_name, Recovered, Wal, WalOptions, SEGMENT_SIZE_BYTES_DEFAULT,
+    parse_segment_file_name, segment_file_name, Recovered, Wal, WalOptions, PREALLOCATE_BYTES_DEFAULT,
+    SEGMENT_SIZE_BYTES_DEFAULT,
 };

@@ -364,7 +364,7 @@ fn torn_tail_is_cut_at_every_byte_of_the_last_record() {
     // Goal: whatever prefix of the last record reached the disk, recovery keeps every
     // earlier record, cuts the rest and reports how much it cut.
     let template = tempfile::tempdir().expect("tempdir");
-    write_log(template.path(), WalOptions::default(), 1..=5);
+    write_log(template.path(), exact_files(), 1..=5);
     let segment = segment_paths(template.path()).remove(0);
     let full_len = file_len(&segment);
     let last_frame = record_frame_bytes(payload(5).len()) as u64;
@@ -374,15 +374,22 @@ fn torn_tail_is_cut_at_every_byte_of_the_last_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(segment_file_name(1));
         fs::write(&path, &original[..cut as usize]).expect("write cut copy");
-        let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("recovers");
+        let (mut wal, recovered) = Wal::open(dir.path(), exact_files()).expect("recovers");
         assert_eq!(recovered.records, expected(1..=4), "cut at {cut}");
-        assert_eq!(recovered.truncated_tail_bytes, cut - last_start, "cut at {cut}");
-        assert_eq!(file_len(&path), last_start, "file cut back at {cut}");
+        // Zeros are free space, not damage: only up to the last non-zero byte is cut.
+        let tail = &original[last_start as usize..cut as usize];
+        let torn_len = tail
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |last| last as u64 + 1);
+        assert_eq!(recovered.truncated_tail_bytes, torn_len, "cut at {cut}");
+        let kept_len = if torn_len > 0 { last_start } else { cut };
+        assert_eq!(file_len(&path), kept_len, "file cut back at {cut}");
         // The log is writable again at the cut.
         wal.append(5, &payload(5)).expect("append");
         wal.sync().expect("sync");
         drop(wal);
-        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+        let (_, recovered) = Wal::open(dir.path(), exact_files()).expect("reopen");
         assert_eq!(recovered.records, expected(1..=5));
         assert_eq!(fs::read(&path).expect("read"), original);
     }
@@ -397,12 +404,18 @@ fn torn_last_segment_that_loses_every_record_is_removed() {
     let last = paths.last().expect("segments");
     let last_len = file_len(last);
     cut_file(last, 5);
+    // What counts as cut: the bytes up to the last non-zero one (zeros are free space).
+    let head = fs::read(last).expect("read");
+    let torn_len = head
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last as u64 + 1);
     let (mut wal, recovered) = Wal::open(dir.path(), small_segments()).expect("recovers");
     assert!(!last.exists());
     let last_index = wal.last_index().expect("non-empty");
     assert!(last_index < 50);
     assert_eq!(recovered.records, expected(1..=last_index));
-    assert_eq!(recovered.truncated_tail_bytes, 5);
+    assert_eq!(recovered.truncated_tail_bytes, torn_len);
     assert!(last_len > 5);
     for index in last_index + 1..=60 {
         wal.append(index, &payload(index)).expect("append");
@@ -415,7 +428,8 @@ fn torn_last_segment_that_loses_every_record_is_removed() {
 
 #[test]
 fn garbage_and_zero_filled_tails_are_cut() {
-    // Goal: a tail of random bytes, of zeros, or a plausible-looking header is cut.
+    // Goal: a tail of random bytes or a plausible-looking header is cut; a tail of zeros is
+    // not damage (preallocated space looks the same) and stays, and the log goes on after it.
     let mut garbage = Vec::new();
     let mut state = 0x9E37_79B9_u32;
     for _ in 0..500 {
@@ -430,14 +444,26 @@ fn garbage_and_zero_filled_tails_are_cut() {
     fake_header.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
     for tail in [garbage, vec![0u8; 4096], fake_header] {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_log(dir.path(), WalOptions::default(), 1..=5);
+        write_log(dir.path(), exact_files(), 1..=5);
         let segment = segment_paths(dir.path()).remove(0);
         let synced_len = file_len(&segment);
         append_bytes(&segment, &tail);
-        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("recovers");
+        let zeros = tail.iter().all(|&b| b == 0);
+        let (mut wal, recovered) = Wal::open(dir.path(), exact_files()).expect("recovers");
         assert_eq!(recovered.records, expected(1..=5));
-        assert_eq!(recovered.truncated_tail_bytes, tail.len() as u64);
-        assert_eq!(file_len(&segment), synced_len);
+        if zeros {
+            assert_eq!(recovered.truncated_tail_bytes, 0);
+            assert_eq!(file_len(&segment), synced_len + tail.len() as u64);
+        } else {
+            assert_eq!(recovered.truncated_tail_bytes, tail.len() as u64);
+            assert_eq!(file_len(&segment), synced_len);
+        }
+        wal.append(6, &payload(6)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        let (_, recovered) = Wal::open(dir.path(), exact_files()).expect("reopen");
+        assert_eq!(recovered.records, expected(1..=6));
+        assert_eq!(recovered.truncated_tail_bytes, 0);
     }
 }
 
@@ -466,13 +492,13 @@ fn damage_in_the_last_segment_followed_by_a_valid_record_is_refused() {
     // Goal: a bad record that has a valid one after it is corruption, not a torn tail,
     // wherever in the record the flipped bit sits; a bad final record is a torn tail.
     let dir = tempfile::tempdir().expect("tempdir");
-    write_log(dir.path(), WalOptions::default(), 1..=10);
+    write_log(dir.path(), exact_files(), 1..=10);
     let segment = segment_paths(dir.path()).remove(0);
     let full_len = file_len(&segment);
     let last_start = full_len - record_frame_bytes(payload(10).len()) as u64;
     for offset in 0..last_start {
         flip_byte(&segment, offset, 0x01);
-        let error = assert_corrupt(Wal::open(dir.path(), WalOptions::default()));
+        let error = assert_corrupt(Wal::open(dir.path(), exact_files()));
         assert!(
             error.to_string().contains("not a torn tail"),
             "flip at {offset}: {error}"
@@ -482,7 +508,7 @@ fn damage_in_the_last_segment_followed_by_a_valid_record_is_refused() {
     let original = fs::read(&segment).expect("read");
     for offset in last_start..full_len {
         flip_byte(&segment, offset, 0x01);
-        let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("torn tail");
+        let (_, recovered) = Wal::open(dir.path(), exact_files()).expect("torn tail");
         assert_eq!(recovered.records, expected(1..=9), "flip at {offset}");
         fs::write(&segment, &original).expect("restore");
     }
@@ -552,6 +578,7 @@ fn invalid_options_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = WalOptions {
         segment_size_bytes_max: 0,
+        ..WalOptions::default()
     };
     assert!(matches!(
         Wal::open(dir.path(), options),

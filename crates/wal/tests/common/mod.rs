@@ -9,9 +9,19 @@ use std::path::{Path, PathBuf};
 use shoal_wal::{parse_segment_file_name, Wal, WalOptions};
 
 /// Options that rotate after a few hundred bytes, so tests see many segments.
+/// Files hold exactly their records (no preallocation), so tests can cut and extend them.
 pub fn small_segments() -> WalOptions {
     WalOptions {
         segment_size_bytes_max: 256,
+        preallocate_bytes: 0,
+    }
+}
+
+/// Default options without preallocation: files hold exactly their records.
+pub fn exact_files() -> WalOptions {
+    WalOptions {
+        preallocate_bytes: 0,
+        ..WalOptions::default()
     }
 }
 
@@ -77,6 +87,12 @@ pub fn cut_file(path: &Path, len: u64) {
         .expect("open for cut")
         .set_len(len)
         .expect("set_len");
+}
+
+/// Overwrites bytes at `offset` (the file keeps its length if they fit).
+pub fn write_bytes_at(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = OpenOptions::new().write(true).open(path).expect("open for write");
+    file.write_all_at(bytes, offset).expect("write bytes");
 }
 
 /// Appends raw bytes at the end of a file.
