@@ -442,19 +442,17 @@ impl MetaStore {
         } else {
             put.key
         };
-        let old = self.mvcc.get(&key).cloned();
-        let mut value = match (&old, put.ignore_value) {
-            (Some(old), true) => old.value.clone(),
-            _ => put.value,
-        };
+        let mut value = if put.ignore_value { None } else { Some(put.value) };
         if self.fault_reverse_values {
-            value.reverse();
+            let mut reversed =
+                value.unwrap_or_else(|| self.mvcc.get(&key).map(|kv| kv.value.clone()).unwrap_or_default());
+            reversed.reverse();
+            value = Some(reversed);
         }
-        if let Some(old) = &old {
-            if old.lease != 0 && old.lease != put.lease {
-                if let Some(lease) = self.leases.get_mut(&old.lease) {
-                    lease.keys.remove(&key);
-                }
+        let (prev, prev_lease) = self.mvcc.put(revision, sub, &key, value, put.lease, put.prev_kv);
+        if prev_lease != 0 && prev_lease != put.lease {
+            if let Some(lease) = self.leases.get_mut(&prev_lease) {
+                lease.keys.remove(&key);
             }
         }
         if put.lease != 0 {
@@ -462,10 +460,9 @@ impl MetaStore {
                 lease.keys.insert(key.clone());
             }
         }
-        let (_, prev) = self.mvcc.put(revision, sub, &key, value, put.lease);
         proto::PutResponse {
             header: None,
-            prev_kv: if put.prev_kv { prev } else { None },
+            prev_kv: prev,
             key,
         }
     }

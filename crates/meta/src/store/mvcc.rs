@@ -187,39 +187,52 @@ impl Mvcc {
         self.current_revision + 1
     }
 
-    /// Writes `key` at revision `revision` (= `next_revision()`), position `sub` in it.
-    /// Returns the new and the previous key-value.
+    /// Puts `key` at `revision` (= `next_revision()`), position `sub` in it: `value`, or with `None` the key's current value (an absent
+    /// key gets an empty one). Returns the previous version when `want_prev` (the request
+    /// asked for it), and the previous version's lease (0 when the key was absent or had none).
+    ///
+    /// Cost: one map lookup for a key that exists (two for a new one); the previous version
+    /// is cloned only when asked for.
     pub fn put(
         &mut self,
         revision: i64,
         sub: u32,
         key: &[u8],
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         lease: i64,
-    ) -> (KeyValue, Option<KeyValue>) {
+        want_prev: bool,
+    ) -> (Option<KeyValue>, i64) {
         assert_eq!(
             revision,
             self.current_revision + 1,
             "changes go to the next revision"
         );
-        let versions = self.keys.entry(key.to_vec()).or_default();
-        let prev = versions.last().and_then(|v| v.kv.clone());
+        let versions = match self.keys.get_mut(key) {
+            Some(versions) => versions,
+            None => self.keys.entry(key.to_vec()).or_default(),
+        };
+        let prev = versions.last().and_then(|v| v.kv.as_ref());
         assert!(
             versions.last().is_none_or(|v| v.mod_revision < revision),
             "a key changes at most once per revision"
         );
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+            create_revision: prev.map_or(revision, |p| p.create_revision),
             mod_revision: revision,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            value,
+            version: prev.map_or(1, |p| p.version + 1),
+            value: match value {
+                Some(value) => value,
+                None => prev.map(|p| p.value.clone()).unwrap_or_default(),
+            },
             lease,
         };
+        let prev_lease = prev.map_or(0, |p| p.lease);
         if prev.is_none() {
             self.n_live_keys += 1;
         }
-        let stored = Some(kv.clone());
+        let prev = if want_prev { prev.cloned() } else { None };
+        let stored = Some(kv);
         self.size_bytes += version_size(key, &stored);
         versions.push(Version {
             mod_revision: revision,
@@ -227,7 +240,7 @@ impl Mvcc {
             kv: stored,
         });
         self.revisions.entry(revision).or_default().push(key.to_vec());
-        (kv, prev)
+        (prev, prev_lease)
     }
 
     /// Deletes live `key` at `revision`; returns its last value (None if it was not live).
