@@ -461,11 +461,11 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let config = WorkerConfig {
-        coordinator: a.coordinator.clone(),
         listen: a.listen.clone(),
         advertise_host: a.advertise_host.clone(),
         work_dir: a.work_dir.clone(),
         coordinator_wait: a.coordinator_wait,
+        ..WorkerConfig::new(&a.coordinator)
     };
     let rt = runtime()?;
     let summary = rt.block_on(shoal_mr::run_worker(config, job))?;
