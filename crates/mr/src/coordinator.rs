@@ -294,7 +294,6 @@ struct State {
     journal: Journal,
     worker_addrs: HashMap<WorkerId, String>,
     temp_outputs: HashMap<(u32, u32), PathBuf>,
-    last_progress: HashMap<WorkerId, u64>,
     counters: JobCounters,
     partition_bytes: HashMap<u32, u64>,
     map_phase_start_ms: Option<u64>,
@@ -531,7 +530,6 @@ impl Coordinator {
             journal,
             worker_addrs,
             temp_outputs: HashMap::new(),
-            last_progress: HashMap::new(),
             counters: JobCounters::default(),
             partition_bytes: HashMap::new(),
             map_phase_start_ms: None,
@@ -944,10 +942,7 @@ impl proto::coordinator_server::Coordinator for Service {
         let mut cancel = false;
         if r.running {
             let attempt = attempt_of(r.is_map, r.task_idx, r.attempt);
-            let last = st.last_progress.insert(worker, r.progress);
-            if last.is_none_or(|l| l < r.progress) {
-                st.table.progress(now, worker, attempt);
-            }
+            st.table.progress(now, worker, attempt, r.progress);
             cancel = !st.table.is_running(attempt, worker);
         }
         let exit = Coordinator::is_over(&st);

@@ -528,8 +528,14 @@ fn run_streaming_map(
             let mut n: u64 = 0;
             let parsed: Result<(), TaskError> = loop {
                 line.clear();
+                // Output is progress too (as in Hadoop): a mapper that is slow but writing is a
+                // straggler to back up, not a hang to kill. One count per read from the pipe.
+                let reads_pipe = out.buffer().is_empty();
                 match out.read_until(b'\n', &mut line) {
                     Ok(0) => break Ok(()),
+                    Ok(_) if reads_pipe => {
+                        ctx.progress.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(_) => {}
                     Err(e) => break Err(e.into()),
                 }
