@@ -370,6 +370,145 @@ fn mr_job_count_each_map_task_runs_once() {
         serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
     assert_eq!(summary["attempts_started"], 8 + 2, "{summary}");
     assert_eq!(summary["attempts_failed"], 0);
+    assert_eq!(summary["backup_attempts"], 0, "{summary}");
+}
+
+/// A streaming mapper that counts words, writing its `word<TAB>1` lines one by one with
+/// `pause` between them: slow, but always progressing (each line is output).
+fn slow_word_mapper(pause: &str) -> String {
+    format!(
+        "tr -cs A-Za-z '\\n' | grep . | while IFS= read -r w; do printf '%s\\t1\\n' \"$w\"; sleep {pause}; done"
+    )
+}
+
+/// How many times each line occurs in `file`.
+fn line_counts(file: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for l in fs::read_to_string(file).unwrap_or_default().lines() {
+        *counts.entry(l.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn mr_straggler_gets_one_backup_that_wins_and_output_stays_exact() {
+    // Goal (§3.6): a map task whose first attempt is slow but progressing gets exactly one backup
+    // attempt, once it has run --task-timeout and twice the median of its finished peers; the
+    // backup finishes first and wins, the straggler is killed, every other task runs exactly
+    // once, and the output equals the reference: no duplicate or partial output. The peers take
+    // about as long as the task timeout, so the straggler must progress (not hang) for the
+    // backup to start before the timeout would fail it.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 6, 300, 61);
+    let slow = files[2].display().to_string();
+    let started = tmp.path().join("map-started");
+    let finished = tmp.path().join("map-finished");
+    let marker = tmp.path().join("slowed-once");
+    // About 40 words a file: some 1 s per task at 0.02 s a word, and 20 s at 0.5 s a word for
+    // the first attempt on the slow file only (the marker directory makes later ones fast).
+    let fast = slow_word_mapper("0.02");
+    let mapper = format!(
+        "echo \"$SHOAL_MR_INPUT\" >> '{started}'; \
+         if [ \"$SHOAL_MR_INPUT\" = '{slow}' ] && mkdir '{marker}' 2>/dev/null; then {slow_map}; else {fast}; fi; \
+         echo \"$SHOAL_MR_INPUT\" >> '{finished}'",
+        started = started.display(),
+        finished = finished.display(),
+        marker = marker.display(),
+        slow_map = slow_word_mapper("0.5"),
+    );
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let reducer = "awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        reducer,
+        "--reducers",
+        "2",
+        "--task-timeout",
+        "1s",
+        "-o",
+        "json",
+        &glob,
+    ]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    assert_eq!(summary["backup_attempts"], 1, "{summary}");
+    assert_eq!(summary["attempts_started"], 6 + 1 + 2, "{summary}");
+    assert_eq!(
+        summary["attempts_failed"], 0,
+        "the straggler was failed, not backed up: {summary}"
+    );
+    let starts = line_counts(&started);
+    for f in &files {
+        let expected = if f.display().to_string() == slow { 2 } else { 1 };
+        assert_eq!(
+            starts.get(&f.display().to_string()),
+            Some(&expected),
+            "{f:?}: {starts:?}"
+        );
+    }
+    // The backup won; the straggler was killed before it finished.
+    assert_eq!(
+        line_counts(&finished).get(&slow),
+        Some(&1),
+        "{:?}",
+        line_counts(&finished)
+    );
+    assert_eq!(part_files(&out).len(), 2);
+    assert_eq!(output_lines(&out), reference_wordcount(&files));
+}
+
+#[test]
+fn mr_tasks_slower_than_the_task_timeout_but_not_than_their_peers_get_no_backup() {
+    // Goal (§3.6): every map task runs well past --task-timeout (progressing) while an idle worker
+    // keeps asking for work, but none runs twice the median of its finished peers: no backup
+    // is started and every task runs exactly once.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 3, 300, 71);
+    let started = tmp.path().join("map-started");
+    // About 50 words a file at 0.05 s each: some 2.5 s per task against a 1 s task timeout.
+    let mapper = format!(
+        "echo \"$SHOAL_MR_INPUT\" >> '{}'; {}",
+        started.display(),
+        slow_word_mapper("0.05")
+    );
+    let out = tmp.path().join("out");
+    let glob = format!("{}/in/*.txt", tmp.path().display());
+    let args = s(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--mapper",
+        &mapper,
+        "--reducer",
+        "cat",
+        "--reducers",
+        "2",
+        "--task-timeout",
+        "1s",
+        "-o",
+        "json",
+        &glob,
+    ]);
+    // Four workers for three map tasks: one is idle and asks for work the whole time.
+    let (status, _) = Cluster::start(tmp.path(), &args, 4, &[]).finish();
+    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    assert_eq!(summary["backup_attempts"], 0, "{summary}");
+    assert_eq!(summary["attempts_started"], 3 + 2, "{summary}");
+    assert!(
+        summary["map_phase_ms"].as_u64().unwrap() > 2_000,
+        "the tasks were not slow: {summary}"
+    );
+    let starts = line_counts(&started);
+    assert_eq!(starts.len(), files.len(), "{starts:?}");
+    assert!(starts.values().all(|n| *n == 1), "{starts:?}");
 }
 
 #[test]
