@@ -5,7 +5,9 @@
 //!   assignments and [`task_table::Action`]s out). No clock, no I/O.
 //! - [`coordinator`]: the tokio/tonic shell that feeds the table, journals its decisions,
 //!   commits reduce output by rename, and serves `shoal mr status`.
-//! - [`worker`]: asks for tasks, runs them, heartbeats, serves its map outputs to reducers.
+//! - [`worker`]: asks for tasks, runs them, heartbeats, serves its map outputs to reducers;
+//!   [`work_dir`]: its local folder, locked while it lives, swept by the next worker after a
+//!   SIGKILL.
 //! - [`job`] (running one attempt), [`shuffle`] (map-side sort/spill into one data file plus
 //!   index; reduce-side bounded-memory merge), [`merge`] (k-way merge, grouping by key),
 //!   [`record`] (intermediate record format).
@@ -39,6 +41,7 @@ pub mod record;
 pub mod shuffle;
 pub mod storage;
 pub mod task_table;
+pub mod work_dir;
 pub mod worker;
 
 pub mod proto {

@@ -23,6 +23,7 @@ use crate::proto;
 use crate::record::{self, Segment};
 use crate::shuffle::ReduceInputs;
 use crate::storage::Storage;
+use crate::work_dir::{self, WorkDir};
 
 /// Bytes per `FetchChunk`. Cost: up to [`FETCH_CHUNKS_IN_FLIGHT_MAX`] of these buffered per
 /// fetch on the serving side.
@@ -47,7 +48,9 @@ pub struct WorkerConfig {
     pub listen: String,
     /// The host reducers should use to reach this worker (default: the listen address's host).
     pub advertise_host: Option<String>,
-    /// Parent of the worker's temporary directory for spills and map outputs.
+    /// Root of the workers' local folders for spills and map outputs (default
+    /// [`work_dir::default_root`]); this worker's folder is removed when it exits, and folders
+    /// of dead workers are swept when it starts ([`crate::work_dir`]).
     pub work_dir: Option<PathBuf>,
     /// How long to keep trying to reach the coordinator (at start, and after losing it) before
     /// giving up: a worker started a moment before its coordinator waits for it.
@@ -129,15 +132,9 @@ fn worker_id(addr: &str) -> u64 {
 /// Runs a worker until the job is over or the coordinator is gone. `job` overrides the job
 /// the coordinator names (a user's own worker binary); `None` runs the coordinator's job.
 pub async fn run_worker(config: WorkerConfig, job: Option<Job>) -> Result<WorkerSummary, MrError> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("shoal-mr-worker-");
-    let work_dir = match &config.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            builder.tempdir_in(d)?
-        }
-        None => builder.tempdir()?,
-    };
+    let root = config.work_dir.clone().unwrap_or_else(work_dir::default_root);
+    let work_dir = WorkDir::create(&root)
+        .map_err(|e| MrError::Config(format!("cannot create a work folder in {}: {e}", root.display())))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| MrError::Config(format!("cannot listen on {}: {e}", config.listen)))?;

@@ -186,6 +186,35 @@ impl Cluster {
     }
 }
 
+/// The worker folders (`shoal-mr-worker-*`) under a `--work-dir` root, sorted.
+fn worker_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("shoal-mr-worker-")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// A process killed (SIGKILL) when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn dump_logs_on_failure(dir: &Path) -> String {
     let mut out = String::new();
     for e in fs::read_dir(dir).unwrap().flatten() {
@@ -205,9 +234,11 @@ fn dump_logs_on_failure(dir: &Path) -> String {
 
 #[test]
 fn mr_wordcount_equals_sequential_reference() {
-    // Goal (test-mr.sh "wc"): wordcount over three worker processes equals a sequential count.
+    // Goal (test-mr.sh "wc"): wordcount over three worker processes equals a sequential count,
+    // and the workers leave no work folder behind.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 6, 300_000, 1);
+    let work = tmp.path().join("work");
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
     let args = s(&[
@@ -219,8 +250,10 @@ fn mr_wordcount_equals_sequential_reference() {
         "3",
         &glob,
     ]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
+    let worker_args = s(&["--work-dir", work.to_str().unwrap()]);
+    let (status, _) = Cluster::start(tmp.path(), &args, 3, &worker_args).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    assert_eq!(worker_dirs(&work), Vec::<PathBuf>::new());
     assert_eq!(part_files(&out).len(), 3);
     assert!(out.join("_SUCCESS").exists());
     assert!(!out.join("_temporary").exists());
@@ -636,6 +669,71 @@ fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
     // The faults really happened: failed or timed-out attempts, and attempts lost with killed workers.
     assert!(summary["attempts_failed"].as_u64().unwrap() > 0, "{summary}");
     assert!(kills > 0, "the job ended before the first kill");
+}
+
+#[test]
+fn mr_sigkilled_workers_folder_is_swept_by_the_next_worker() {
+    // Goal: a worker killed with SIGKILL leaves its work folder behind; the next worker started
+    // under the same --work-dir removes it, and leaves alone a live worker's folder and anything
+    // without a worker's marker.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("work");
+    // Nobody listens there: the workers wait for their coordinator, and stay up.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start_worker = |name: &str| {
+        let args = s(&[
+            "mr",
+            "worker",
+            "--coordinator",
+            &addr,
+            "--work-dir",
+            root.to_str().unwrap(),
+            "--coordinator-wait",
+            "120s",
+        ]);
+        KillOnDrop(spawn(&args, &tmp.path().join(format!("{name}.log"))))
+    };
+    // Waits for a worker folder not in `known`, with its marker: the worker is up (and has swept).
+    let await_new_dir = |worker: &mut KillOnDrop, known: &[PathBuf]| {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let new: Vec<PathBuf> = worker_dirs(&root)
+                .into_iter()
+                .filter(|d| !known.contains(d) && d.join("lock").exists())
+                .collect();
+            if let [dir] = new.as_slice() {
+                return dir.clone();
+            }
+            assert!(new.len() < 2, "{new:?}");
+            assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+            assert!(Instant::now() < deadline, "no work folder appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut live = start_worker("live");
+    let live_dir = await_new_dir(&mut live, &[]);
+    let mut victim = start_worker("victim");
+    let victim_dir = await_new_dir(&mut victim, std::slice::from_ref(&live_dir));
+    fs::write(victim_dir.join("map-00000-0.data"), b"map output").unwrap();
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    assert!(victim_dir.join("map-00000-0.data").exists());
+    // Not a worker's: no marker, or not the worker prefix.
+    let unmarked = root.join("shoal-mr-worker-unmarked");
+    fs::create_dir(&unmarked).unwrap();
+    let foreign = root.join("notes");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("lock"), b"").unwrap();
+
+    let mut next = start_worker("next");
+    let next_dir = await_new_dir(
+        &mut next,
+        &[live_dir.clone(), victim_dir.clone(), unmarked.clone()],
+    );
+    assert!(!victim_dir.exists(), "the dead worker's folder was not swept");
+    for kept in [&live_dir, &next_dir, &unmarked, &foreign] {
+        assert!(kept.exists(), "{} was swept", kept.display());
+    }
 }
 
 #[test]
