@@ -166,8 +166,12 @@ impl Cluster {
         c
     }
 
+    /// A worker working under `DIR/work` (so that killed ones do not litter the system temp
+    /// folder).
     fn add_worker(&mut self) {
+        let work = self.dir.join("work");
         let mut args = s(&["mr", "worker", "--coordinator", &self.addr]);
+        args.extend(s(&["--work-dir", work.to_str().unwrap()]));
         args.extend_from_slice(&self.worker_args);
         let log = self.dir.join(format!("worker-{}.log", self.n_spawned));
         self.n_spawned += 1;
@@ -238,7 +242,7 @@ fn mr_wordcount_equals_sequential_reference() {
     // and the workers leave no work folder behind.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 6, 300_000, 1);
-    let work = tmp.path().join("work");
+    let work = tmp.path().join("work"); // Cluster's --work-dir
     let out = tmp.path().join("out");
     let glob = format!("{}/in/*.txt", tmp.path().display());
     let args = s(&[
@@ -250,8 +254,7 @@ fn mr_wordcount_equals_sequential_reference() {
         "3",
         &glob,
     ]);
-    let worker_args = s(&["--work-dir", work.to_str().unwrap()]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 3, &worker_args).finish();
+    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
     assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
     assert_eq!(worker_dirs(&work), Vec::<PathBuf>::new());
     assert_eq!(part_files(&out).len(), 3);
