@@ -633,14 +633,19 @@ fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 10, 60_000, 11);
     // About 15% of attempts fail, 10% hang (killed after the 2 s task timeout).
+    // The dice come from /dev/urandom; the very first map and reduce attempts fail for sure,
+    // so that a lucky roll cannot leave the job without a failure.
     let dice = "r=$(od -An -N1 -tu1 /dev/urandom | tr -d ' ')";
+    let first = |what: &str| format!("mkdir '{}' 2>/dev/null && r=0", tmp.path().join(what).display());
     let mapper = format!(
-        "{dice}; if [ $r -lt 38 ]; then echo crash >&2; exit 3; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
-         {WORD_MAPPER}"
+        "{dice}; {}; if [ $r -lt 38 ]; then echo crash >&2; exit 3; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
+         {WORD_MAPPER}",
+        first("first-map-failed")
     );
     let reducer = format!(
-        "{dice}; if [ $r -lt 38 ]; then exit 4; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
-         {SUM_REDUCER}"
+        "{dice}; {}; if [ $r -lt 38 ]; then exit 4; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
+         {SUM_REDUCER}",
+        first("first-reduce-failed")
     );
     let job = Job::new(tmp.path())
         .streaming(&mapper, &reducer)
