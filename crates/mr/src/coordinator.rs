@@ -2,17 +2,18 @@
 //! `Coordinator` gRPC service, ticks the table, executes its [`Action`]s (journal, commit a
 //! reduce output by rename, finish the job) and exposes a status document.
 //!
-//! Output commit protocol: a reduce attempt writes `OUTPUT/_temporary/attempt-…`; when its
-//! success report wins in the table the coordinator renames it to `OUTPUT/part-r-NNNNN`, then
-//! journals it. A failed job removes every `part-r-*` it committed and `_temporary/`; a done
-//! job writes `_SUCCESS` and removes `_temporary/`.
+//! Output commit protocol ([`OutputCommitter`]): a reduce attempt writes
+//! `OUTPUT/_temporary/attempt-…`; when its success report wins in the table the coordinator
+//! renames it to `OUTPUT/part-r-NNNNN`, then journals it. A failed job removes every
+//! `part-r-*` it committed and `_temporary/`; a done job writes `_SUCCESS` and removes
+//! `_temporary/`. Inputs, the journal and the output folder are all reached through the
+//! configured [`Storage`].
 //!
 //! Journal (`OUTPUT/_temporary/journal`): JSON lines, a header naming the job, then committed
 //! and lost map outputs and committed reduce tasks, each fsynced before the worker that caused
 //! it hears back. A coordinator restarted with the same command line replays it and resumes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +28,10 @@ use crate::apps::{builtin_job, AppParams};
 use crate::error::MrError;
 use crate::input::{expand_inputs, plan_splits, InputSplit};
 use crate::job::Job;
+pub use crate::output::part_name;
+use crate::output::OutputCommitter;
 use crate::proto;
+use crate::storage::{OutputFile, Storage};
 use crate::task_table::{
     Action, Assignment, AttemptId, JobState, TableCounts, TaskId, TaskKind, TaskTable, TaskTableConfig,
     WorkerId,
@@ -130,9 +134,13 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     pub speculation: bool,
     pub heartbeat_interval: Duration,
+    /// Where the inputs are and the output goes (and the journal, inside the output folder).
+    /// Its workers must use the same storage.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl CoordinatorConfig {
+    /// Defaults: local storage, 10 s task timeout, 5 s worker timeout, 4 attempts, speculation.
     pub fn new(job: JobConfig) -> Self {
         Self {
             job,
@@ -141,7 +149,14 @@ impl CoordinatorConfig {
             max_attempts: 4,
             speculation: true,
             heartbeat_interval: Duration::from_millis(300),
+            storage: crate::storage::local(),
         }
+    }
+
+    /// The same job on another storage.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
     }
 
     pub fn validate(&self) -> Result<(), MrError> {
@@ -225,19 +240,49 @@ enum JournalRecord {
 
 struct Journal {
     path: PathBuf,
-    file: File,
+    file: Box<dyn OutputFile>,
+}
+
+fn journal_line(rec: &JournalRecord) -> Vec<u8> {
+    let mut line = serde_json::to_vec(rec).expect("journal records serialize");
+    line.push(b'\n');
+    line
 }
 
 impl Journal {
+    /// Opens the journal for appending. After a crash mid-append its last line may be torn:
+    /// then the good records (`records`, `good_bytes` long) are first rewritten to a new file
+    /// renamed over it, so new records start on a line of their own.
+    fn open(storage: &dyn Storage, path: PathBuf, records: &[JournalRecord]) -> Result<Self, MrError> {
+        let err = |e: std::io::Error| MrError::Journal {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let good: Vec<u8> = records.iter().flat_map(journal_line).collect();
+        let len = match storage.stat(&path) {
+            Ok(s) => s.len,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(err(e)),
+        };
+        if len > good.len() as u64 {
+            let tmp = path.with_extension("rewrite");
+            let mut f = storage.create(&tmp).map_err(err)?;
+            f.write_all(&good).map_err(err)?;
+            f.sync().map_err(err)?;
+            drop(f);
+            storage.rename(&tmp, &path).map_err(err)?;
+        }
+        let file = storage.append(&path).map_err(err)?;
+        Ok(Self { path, file })
+    }
+
     fn append(&mut self, rec: &JournalRecord) -> Result<(), MrError> {
-        let mut line = serde_json::to_vec(rec).expect("journal records serialize");
-        line.push(b'\n');
         let err = |e: std::io::Error| MrError::Journal {
             path: self.path.display().to_string(),
             reason: e.to_string(),
         };
-        self.file.write_all(&line).map_err(err)?;
-        self.file.sync_data().map_err(err)
+        self.file.write_all(&journal_line(rec)).map_err(err)?;
+        self.file.sync().map_err(err)
     }
 }
 
@@ -245,11 +290,10 @@ struct State {
     table: TaskTable,
     spec: proto::JobSpec,
     splits: Vec<InputSplit>,
-    output: PathBuf,
+    output: OutputCommitter,
     journal: Journal,
     worker_addrs: HashMap<WorkerId, String>,
     temp_outputs: HashMap<(u32, u32), PathBuf>,
-    last_progress: HashMap<WorkerId, u64>,
     counters: JobCounters,
     partition_bytes: HashMap<u32, u64>,
     map_phase_start_ms: Option<u64>,
@@ -282,34 +326,8 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn has_output(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries.flatten().any(|e| {
-                let n = e.file_name().to_string_lossy().to_string();
-                n.starts_with("part-r-") || n == "_SUCCESS"
-            })
-        })
-        .unwrap_or(false)
-}
-
-fn remove_outputs(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with("part-r-") || n == "_SUCCESS" {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
-pub fn part_name(partition: u32) -> String {
-    format!("part-r-{partition:05}")
-}
-
-fn read_journal(path: &Path) -> Vec<JournalRecord> {
-    let Ok(f) = File::open(path) else {
+fn read_journal(storage: &dyn Storage, path: &Path) -> Vec<JournalRecord> {
+    let Ok(f) = storage.open_read(path, 0) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -325,17 +343,22 @@ fn read_journal(path: &Path) -> Vec<JournalRecord> {
 }
 
 /// Chooses R-1 bounds from a sample of input lines so that range partitions are about equal.
-fn sample_bounds(splits: &[InputSplit], n_reduce: u32) -> Result<Vec<Vec<u8>>, MrError> {
+fn sample_bounds(
+    storage: &dyn Storage,
+    splits: &[InputSplit],
+    n_reduce: u32,
+) -> Result<Vec<Vec<u8>>, MrError> {
     let mut sample = Vec::new();
     let per_split = (SAMPLE_KEYS_MAX / splits.len().max(1)).max(1);
     for split in splits {
         let r = &split.ranges[0];
-        let f = File::open(&r.path).map_err(|e| MrError::Input {
-            path: r.path.clone(),
-            error: e,
-        })?;
+        let f = storage
+            .open_read(Path::new(&r.path), r.start)
+            .map_err(|e| MrError::Input {
+                path: r.path.clone(),
+                error: e,
+            })?;
         let mut reader = BufReader::new(f);
-        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(r.start))?;
         let mut line = Vec::new();
         if r.start > 0 {
             reader.read_until(b'\n', &mut line)?;
@@ -369,16 +392,11 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig) -> Result<Self, MrError> {
         config.validate()?;
         let job = &config.job;
-        let files = expand_inputs(&job.inputs)?;
+        let storage = config.storage.as_ref();
+        let files = expand_inputs(storage, &job.inputs)?;
         let splits = plan_splits(&files, job.split_size_bytes, job.combine_small_files);
-        let output = job.output.clone();
-        let out_err = |e: std::io::Error| MrError::Output {
-            path: output.display().to_string(),
-            error: e,
-        };
-        std::fs::create_dir_all(&output).map_err(out_err)?;
-        let temp = output.join("_temporary");
-        let journal_path = temp.join("journal");
+        let output = OutputCommitter::new(config.storage.clone(), job.output.clone());
+        let journal_path = output.journal_path();
         let fingerprint = serde_json::to_string(&(
             files
                 .iter()
@@ -391,7 +409,7 @@ impl Coordinator {
         ))
         .expect("fingerprint serializes");
 
-        let records = read_journal(&journal_path);
+        let records = read_journal(storage, &journal_path);
         let resumed_id = match records.first() {
             Some(JournalRecord::Header {
                 job_id,
@@ -400,20 +418,7 @@ impl Coordinator {
             _ => None,
         };
         let resumed = resumed_id.is_some();
-        if !resumed {
-            if has_output(&output) {
-                if !job.overwrite {
-                    return Err(MrError::OutputExists(output.display().to_string()));
-                }
-                remove_outputs(&output);
-            }
-            let _ = std::fs::remove_dir_all(&temp);
-        }
-        std::fs::create_dir_all(&temp).map_err(out_err)?;
-        // Prove the folder is writable now rather than at the first commit.
-        let probe = temp.join(".probe");
-        std::fs::write(&probe, b"").map_err(out_err)?;
-        let _ = std::fs::remove_file(&probe);
+        output.setup_job(job.overwrite, resumed)?;
 
         let job_id = resumed_id.unwrap_or_else(|| {
             let nanos = std::time::SystemTime::now()
@@ -426,26 +431,8 @@ impl Coordinator {
                     >> 16
             )
         });
-        let journal_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&journal_path)
-            .map_err(|e| MrError::Journal {
-                path: journal_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        if resumed {
-            // Cut a torn tail so new records start on a line of their own.
-            let good: usize = records
-                .iter()
-                .map(|r| serde_json::to_vec(r).expect("serializes").len() + 1)
-                .sum();
-            journal_file.set_len(good as u64)?;
-        }
-        let mut journal = Journal {
-            path: journal_path,
-            file: journal_file,
-        };
+        let records = if resumed { records } else { Vec::new() };
+        let mut journal = Journal::open(storage, journal_path, &records)?;
         if !resumed {
             journal.append(&JournalRecord::Header {
                 job_id: job_id.clone(),
@@ -458,7 +445,7 @@ impl Coordinator {
             app => app.to_job().map_err(MrError::Config)?.is_range_partitioned(),
         };
         let bounds = if range_partitioned {
-            sample_bounds(&splits, job.n_reduce)?
+            sample_bounds(storage, &splits, job.n_reduce)?
         } else {
             Vec::new()
         };
@@ -498,10 +485,7 @@ impl Coordinator {
             combiner_cmd,
             pattern,
             partition_bounds: bounds,
-            output_dir: std::path::absolute(&output)
-                .unwrap_or(output.clone())
-                .display()
-                .to_string(),
+            output_dir: output.qualified_dir().display().to_string(),
             map_buffer_bytes: job.map_buffer_bytes,
             reduce_buffer_bytes: job.reduce_buffer_bytes,
         };
@@ -532,7 +516,7 @@ impl Coordinator {
                     partition,
                     attempt,
                     worker,
-                } if *partition < job.n_reduce && output.join(part_name(*partition)).exists() => {
+                } if *partition < job.n_reduce && output.is_committed(*partition) => {
                     table.restore_reduce_committed(*partition, *attempt, WorkerId(*worker));
                 }
                 _ => {}
@@ -546,7 +530,6 @@ impl Coordinator {
             journal,
             worker_addrs,
             temp_outputs: HashMap::new(),
-            last_progress: HashMap::new(),
             counters: JobCounters::default(),
             partition_bytes: HashMap::new(),
             map_phase_start_ms: None,
@@ -579,6 +562,11 @@ impl Coordinator {
 
     pub fn job_id(&self) -> String {
         lock(&self.state).spec.job_id.clone()
+    }
+
+    /// Where this job's inputs and output are.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.config.storage.clone()
     }
 
     pub fn n_map_tasks(&self) -> u32 {
@@ -614,25 +602,18 @@ impl Coordinator {
                     partition,
                     attempt,
                     worker,
-                } => {
-                    let target = st.output.join(part_name(partition));
-                    match st.temp_outputs.remove(&(partition, attempt)) {
-                        Some(temp) => match std::fs::rename(&temp, &target) {
-                            Ok(()) => st.journal.append(&JournalRecord::ReduceCommitted {
-                                partition,
-                                attempt,
-                                worker: worker.0,
-                            }),
-                            Err(e) => Err(MrError::Output {
-                                path: target.display().to_string(),
-                                error: e,
-                            }),
-                        },
-                        None => Err(MrError::Config(format!(
-                            "reduce task {partition} attempt {attempt} reported no output"
-                        ))),
-                    }
-                }
+                } => match st.temp_outputs.remove(&(partition, attempt)) {
+                    Some(temp) => st.output.commit_task(&temp, partition).and_then(|()| {
+                        st.journal.append(&JournalRecord::ReduceCommitted {
+                            partition,
+                            attempt,
+                            worker: worker.0,
+                        })
+                    }),
+                    None => Err(MrError::Config(format!(
+                        "reduce task {partition} attempt {attempt} reported no output"
+                    ))),
+                },
                 Action::Cancel { worker, attempt } => {
                     tracing::info!(%worker, %attempt, "attempt cancelled");
                     Ok(())
@@ -691,7 +672,7 @@ impl Coordinator {
             job_id: st.spec.job_id.clone(),
             state: state.to_string(),
             error,
-            output: st.output.display().to_string(),
+            output: st.output.dir().display().to_string(),
             elapsed_ms: now,
             table: c,
             counters: st.counters.clone(),
@@ -759,14 +740,11 @@ impl Coordinator {
         let status = self.status_of(&st);
         let result = match status.error.clone() {
             None => {
-                let _ = std::fs::write(st.output.join("_SUCCESS"), b"");
-                let _ = std::fs::remove_dir_all(st.output.join("_temporary"));
+                st.output.commit_job();
                 Ok(())
             }
             Some(reason) => {
-                // Leave nothing that could be mistaken for output.
-                remove_outputs(&st.output);
-                let _ = std::fs::remove_dir_all(st.output.join("_temporary"));
+                st.output.abort_job();
                 Err(reason)
             }
         };
@@ -898,14 +876,11 @@ impl proto::coordinator_server::Coordinator for Service {
         if r.ok {
             if !r.is_map {
                 let temp = PathBuf::from(&r.temp_output);
-                let temp_dir = st.output.join("_temporary");
-                let inside = temp.parent().and_then(|p| std::path::absolute(p).ok())
-                    == std::path::absolute(&temp_dir).ok();
-                if !inside {
+                if !st.output.is_attempt_path(&temp) {
                     return Err(Status::invalid_argument(format!(
                         "reduce output {} is not in {}",
                         temp.display(),
-                        temp_dir.display()
+                        st.output.temp_dir().display()
                     )));
                 }
                 st.temp_outputs.insert((r.task_idx, r.attempt), temp);
@@ -929,7 +904,7 @@ impl proto::coordinator_server::Coordinator for Service {
                 }
             } else if !r.is_map {
                 if let Some(temp) = st.temp_outputs.remove(&(r.task_idx, r.attempt)) {
-                    let _ = std::fs::remove_file(temp);
+                    st.output.abort_task(&temp);
                 }
             }
         } else {
@@ -940,8 +915,8 @@ impl proto::coordinator_server::Coordinator for Service {
             }
             st.failures.push_back(msg);
             st.table.task_failed(now, worker, attempt, &r.error);
-            if !r.temp_output.is_empty() {
-                let _ = std::fs::remove_file(&r.temp_output);
+            if !r.temp_output.is_empty() && st.output.is_attempt_path(Path::new(&r.temp_output)) {
+                st.output.abort_task(Path::new(&r.temp_output));
             }
         }
         c.process_actions(&mut st);
@@ -967,10 +942,7 @@ impl proto::coordinator_server::Coordinator for Service {
         let mut cancel = false;
         if r.running {
             let attempt = attempt_of(r.is_map, r.task_idx, r.attempt);
-            let last = st.last_progress.insert(worker, r.progress);
-            if last.is_none_or(|l| l < r.progress) {
-                st.table.progress(now, worker, attempt);
-            }
+            st.table.progress(now, worker, attempt, r.progress);
             cancel = !st.table.is_running(attempt, worker);
         }
         let exit = Coordinator::is_over(&st);
@@ -1033,4 +1005,36 @@ pub async fn fetch_status(addr: &str, timeout: Duration) -> Result<serde_json::V
         .map_err(|e| unreachable(e.message().to_string()))?;
     serde_json::from_str(&reply.into_inner().json)
         .map_err(|e| MrError::Rpc(format!("bad status document: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    #[test]
+    fn journal_with_a_torn_tail_is_cut_before_new_records() {
+        // Goal: after a crash mid-append, reopening the journal keeps its whole records, drops
+        // the torn last line, and a record appended then is read back on a line of its own.
+        let storage = MemoryStorage::new();
+        let path = Path::new("/out/_temporary/journal");
+        let header = JournalRecord::Header {
+            job_id: "job-1".into(),
+            fingerprint: "f".into(),
+        };
+        let mut bytes = journal_line(&header);
+        bytes.extend_from_slice(b"{\"MapLost\":{\"map_i");
+        storage.write_file(path, &bytes).unwrap();
+        let records = read_journal(&storage, path);
+        assert_eq!(records.len(), 1);
+        let mut journal = Journal::open(&storage, path.to_path_buf(), &records).unwrap();
+        journal.append(&JournalRecord::MapLost { map_idx: 3 }).unwrap();
+        let replayed = read_journal(&storage, path);
+        assert_eq!(replayed.len(), 2, "{replayed:?}");
+        assert!(matches!(replayed[1], JournalRecord::MapLost { map_idx: 3 }));
+        // A journal without a torn tail is appended to as it is.
+        let mut journal = Journal::open(&storage, path.to_path_buf(), &replayed).unwrap();
+        journal.append(&JournalRecord::MapLost { map_idx: 4 }).unwrap();
+        assert_eq!(read_journal(&storage, path).len(), 3);
+    }
 }

@@ -3,8 +3,7 @@
 //! streaming commands run through `sh -c` (Hadoop Streaming conventions).
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -13,10 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::{BoxError, Combiner, Emit, HashPartitioner, Mapper, Partitioner, RangePartitioner, Reducer};
+use crate::input::open_range;
 use crate::merge::{for_each_group, GroupError, Merger};
 use crate::shuffle::{
     MapCombiner, MapOutputBuffer, MapOutputFiles, PartitionCombiner, RecordSink, RecordSource,
 };
+use crate::storage::{OutputFile, Storage};
 
 /// Lines of a failing command's stderr kept for the job's error. Cost: at most this many
 /// lines of [`STDERR_LINE_BYTES_MAX`] bytes per running command.
@@ -139,6 +140,8 @@ impl From<GroupError> for TaskError {
 pub struct TaskContext<'a> {
     /// Local directory for spills and map output.
     pub dir: &'a Path,
+    /// Where the job's inputs are read and its reduce output written.
+    pub storage: &'a dyn Storage,
     /// Bumped as the attempt reads and writes; the worker heartbeats it as progress.
     pub progress: &'a AtomicU64,
     /// Set when the coordinator cancels the attempt.
@@ -180,16 +183,9 @@ fn for_each_line(
     counters: &mut TaskCounters,
     mut f: impl FnMut(&[u8]) -> Result<(), TaskError>,
 ) -> Result<(), TaskError> {
-    let file = File::open(&range.path)
+    let (mut r, mut pos) = open_range(ctx.storage, range)
         .map_err(|e| TaskError::Failed(format!("cannot read input {}: {e}", range.path)))?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut pos = range.start;
     let mut line = Vec::with_capacity(256);
-    if range.start > 0 {
-        // A split starting inside a line leaves that line to the previous split.
-        r.seek(SeekFrom::Start(range.start - 1))?;
-        pos = range.start - 1 + r.read_until(b'\n', &mut line)? as u64;
-    }
     let mut n_lines: u64 = 0;
     while pos < range.end {
         line.clear();
@@ -311,14 +307,17 @@ impl<W: Write> Emit for TextEmit<W> {
     }
 }
 
-/// Runs one reduce attempt over the merged shuffle input, writing `out_path`.
+/// Runs one reduce attempt over the merged shuffle input, writing `out_path` through the
+/// job's storage (made durable before it returns).
 pub fn run_reduce_task(
     job: &Job,
     mut merger: Merger,
     out_path: &Path,
     ctx: &TaskContext<'_>,
 ) -> Result<TaskCounters, TaskError> {
-    let file = File::create(out_path)
+    let mut file = ctx
+        .storage
+        .create(out_path)
         .map_err(|e| TaskError::Failed(format!("cannot create reduce output {}: {e}", out_path.display())))?;
     let mut counters = TaskCounters::default();
     match &job.reduce {
@@ -352,11 +351,11 @@ pub fn run_reduce_task(
             counters.records_in = n_keys;
             counters.records_out = out.records;
             counters.bytes_out = out.bytes;
-            out.w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            out.w.into_inner().map_err(|e| e.into_error())?.sync()?;
         }
         ReduceFn::Streaming(cmd) => {
-            run_streaming_reduce(cmd, &mut merger, file, ctx, &mut counters)?;
-            counters.bytes_out = std::fs::metadata(out_path)?.len();
+            counters.bytes_out = run_streaming_reduce(cmd, &mut merger, file.as_mut(), ctx, &mut counters)?;
+            file.sync()?;
         }
     }
     Ok(counters)
@@ -529,8 +528,14 @@ fn run_streaming_map(
             let mut n: u64 = 0;
             let parsed: Result<(), TaskError> = loop {
                 line.clear();
+                // Output is progress too (as in Hadoop): a mapper that is slow but writing is a
+                // straggler to back up, not a hang to kill. One count per read from the pipe.
+                let reads_pipe = out.buffer().is_empty();
                 match out.read_until(b'\n', &mut line) {
                     Ok(0) => break Ok(()),
+                    Ok(_) if reads_pipe => {
+                        ctx.progress.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(_) => {}
                     Err(e) => break Err(e.into()),
                 }
@@ -564,39 +569,76 @@ fn run_streaming_map(
     status
 }
 
+/// Feeds the merged shuffle input to the reducer command and copies its stdout to `out`
+/// (through the worker rather than straight to a file, so that any [`Storage`] can take it);
+/// returns the bytes written.
 fn run_streaming_reduce(
     cmd: &str,
     merger: &mut Merger,
-    out: File,
+    out: &mut dyn OutputFile,
     ctx: &TaskContext<'_>,
     counters: &mut TaskCounters,
-) -> Result<(), TaskError> {
-    let s = Streaming::spawn(cmd, None, Stdio::from(out))?;
+) -> Result<u64, TaskError> {
+    let s = Streaming::spawn(cmd, None, Stdio::piped())?;
     let stdin = s.take_stdin().expect("piped");
-    let fed: Result<(), io::Error> = with_cancel_watch(&s, ctx.cancel, || {
-        let mut w = BufWriter::with_capacity(1 << 16, stdin);
-        while let Some(kv) = merger.pop()? {
-            w.write_all(&kv.0)?;
-            w.write_all(b"\t")?;
-            w.write_all(&kv.1)?;
-            w.write_all(b"\n")?;
-            counters.records_in += 1;
-            if counters.records_in.is_multiple_of(1024) {
-                ctx.progress.fetch_add(1024, Ordering::Relaxed);
-            }
-            merger.recycle(kv);
-        }
-        w.flush()
+    let stdout = s.take_stdout().expect("piped");
+    let (fed, copied): (io::Result<()>, io::Result<u64>) = with_cancel_watch(&s, ctx.cancel, || {
+        std::thread::scope(|scope| {
+            let copier = scope.spawn(|| {
+                let copied = copy_output(stdout, out, ctx.progress);
+                if copied.is_err() {
+                    s.kill();
+                }
+                copied
+            });
+            let mut w = BufWriter::with_capacity(1 << 16, stdin);
+            let fed = (|| {
+                while let Some(kv) = merger.pop()? {
+                    w.write_all(&kv.0)?;
+                    w.write_all(b"\t")?;
+                    w.write_all(&kv.1)?;
+                    w.write_all(b"\n")?;
+                    counters.records_in += 1;
+                    if counters.records_in.is_multiple_of(1024) {
+                        ctx.progress.fetch_add(1024, Ordering::Relaxed);
+                    }
+                    merger.recycle(kv);
+                }
+                w.flush()
+            })();
+            // End of input: the reducer finishes, and so does the copy of its output.
+            drop(w);
+            (fed, copier.join().expect("copier thread"))
+        })
     });
     let status = s.finish("reducer", "its sorted input");
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(TaskError::Cancelled);
     }
+    // A failed copy killed the command: its error is the cause, not the command's status.
+    let copied = copied.map_err(|e| TaskError::Failed(format!("writing the reducer's output: {e}")))?;
     status?;
     match fed {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(()) => Ok(copied),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(copied),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Copies a command's output to `out`; each read from the pipe counts as progress.
+fn copy_output(mut from: impl Read, out: &mut dyn OutputFile, progress: &AtomicU64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n_bytes = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(n_bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        n_bytes += n as u64;
+        progress.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,12 +5,17 @@
 //!   assignments and [`task_table::Action`]s out). No clock, no I/O.
 //! - [`coordinator`]: the tokio/tonic shell that feeds the table, journals its decisions,
 //!   commits reduce output by rename, and serves `shoal mr status`.
-//! - [`worker`]: asks for tasks, runs them, heartbeats, serves its map outputs to reducers.
+//! - [`worker`]: asks for tasks, runs them, heartbeats, serves its map outputs to reducers;
+//!   [`work_dir`]: its local folder, locked while it lives, swept by the next worker after a
+//!   SIGKILL.
 //! - [`job`] (running one attempt), [`shuffle`] (map-side sort/spill into one data file plus
 //!   index; reduce-side bounded-memory merge), [`merge`] (k-way merge, grouping by key),
 //!   [`record`] (intermediate record format).
 //! - [`api`] (the `Mapper`/`Reducer`/`Combiner`/`Partitioner` traits), [`apps`] (built-ins),
-//!   [`input`] (globs, splits), [`corpus`] (the deterministic test corpus).
+//!   [`input`] (globs, splits, a split's lines), [`corpus`] (the deterministic test corpus).
+//! - The two seams to the rest of Shoal: [`storage::Storage`] (where inputs and outputs live;
+//!   [`output`] keeps the output folder's commit protocol over it) and [`WorkerLauncher`]
+//!   (where workers run).
 //!
 //! The contract between the table and its shell:
 //! 1. Every event is fed with the current monotonic time; `tick` is called periodically.
@@ -31,9 +36,12 @@ mod error;
 pub mod input;
 pub mod job;
 pub mod merge;
+pub mod output;
 pub mod record;
 pub mod shuffle;
+pub mod storage;
 pub mod task_table;
+pub mod work_dir;
 pub mod worker;
 
 pub mod proto {
@@ -47,6 +55,7 @@ pub use api::{
 pub use coordinator::{AppChoice, Coordinator, CoordinatorConfig, JobConfig, JobReport, JobStatus};
 pub use error::MrError;
 pub use job::Job;
+pub use storage::{LocalStorage, MemoryStorage, Storage};
 pub use worker::{run_worker, WorkerConfig, WorkerSummary};
 
 /// Default map-side sort buffer per task. Cost: this much memory per running map task.
@@ -60,9 +69,11 @@ pub const SPLIT_SIZE_BYTES_DEFAULT: u64 = 128 << 20;
 /// Starts the workers of a job run by [`run_with`]. The seam where the scheduler will launch
 /// workers on the cluster's machines; [`InProcessLauncher`] runs them as tasks of this process.
 pub trait WorkerLauncher {
+    /// Starts `n_workers` workers configured like `worker` (the coordinator's address and
+    /// storage are set).
     fn launch(
         &self,
-        coordinator_addr: &str,
+        worker: &WorkerConfig,
         n_workers: usize,
         job: Option<Job>,
     ) -> Vec<tokio::task::JoinHandle<Result<WorkerSummary, MrError>>>;
@@ -74,12 +85,12 @@ pub struct InProcessLauncher;
 impl WorkerLauncher for InProcessLauncher {
     fn launch(
         &self,
-        coordinator_addr: &str,
+        worker: &WorkerConfig,
         n_workers: usize,
         job: Option<Job>,
     ) -> Vec<tokio::task::JoinHandle<Result<WorkerSummary, MrError>>> {
         (0..n_workers.max(1))
-            .map(|_| tokio::spawn(run_worker(WorkerConfig::new(coordinator_addr), job.clone())))
+            .map(|_| tokio::spawn(run_worker(worker.clone(), job.clone())))
             .collect()
     }
 }
@@ -95,7 +106,8 @@ pub async fn run_local(
     run_with(coordinator, &InProcessLauncher, n_workers, job).await
 }
 
-/// Serves `coordinator` on a loopback port and has `launcher` start the workers.
+/// Serves `coordinator` on a loopback port and has `launcher` start the workers, on the
+/// coordinator's storage.
 pub async fn run_with(
     coordinator: Coordinator,
     launcher: &dyn WorkerLauncher,
@@ -108,7 +120,8 @@ pub async fn run_with(
         let c = coordinator.clone();
         tokio::spawn(async move { c.serve(listener).await })
     };
-    let workers = launcher.launch(&addr, n_workers, job);
+    let worker = WorkerConfig::new(&addr).with_storage(coordinator.storage());
+    let workers = launcher.launch(&worker, n_workers, job);
     let report = serve
         .await
         .map_err(|e| MrError::Rpc(format!("coordinator task: {e}")))??;

@@ -167,6 +167,8 @@ struct RunningAttempt {
     worker: WorkerId,
     started_ms: u64,
     last_progress_ms: u64,
+    /// The highest progress counter the worker reported for this attempt.
+    progress: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,15 +323,24 @@ impl TaskTable {
         }
     }
 
-    /// An attempt made progress (records read or written went up).
-    pub fn progress(&mut self, now_ms: u64, worker: WorkerId, attempt: AttemptId) {
+    /// A worker reports `attempt`'s progress counter (it starts at 0 for each attempt and
+    /// goes up as records are read and written). A higher value than before is progress.
+    pub fn progress(&mut self, now_ms: u64, worker: WorkerId, attempt: AttemptId, counter: u64) {
+        let n_tasks = match attempt.task.kind {
+            TaskKind::Map => self.maps.len(),
+            TaskKind::Reduce => self.reduces.len(),
+        };
+        if attempt.task.idx as usize >= n_tasks {
+            return;
+        }
         if let Some(r) = self
             .task_mut(attempt.task)
             .running
             .iter_mut()
-            .find(|r| r.attempt == attempt.attempt)
+            .find(|r| r.attempt == attempt.attempt && r.worker == worker)
         {
-            if r.worker == worker {
+            if counter > r.progress {
+                r.progress = counter;
                 r.last_progress_ms = now_ms;
             }
         }
@@ -708,6 +719,7 @@ impl TaskTable {
             worker,
             started_ms: now_ms,
             last_progress_ms: now_ms,
+            progress: 0,
         });
         AttemptId { task: id, attempt }
     }
@@ -858,7 +870,7 @@ mod tests {
         // failure, and the task goes to another worker; progress postpones the timeout.
         let mut t = table(1, 1);
         let a = run(&mut t, 0, W1);
-        t.progress(9_000, W1, a);
+        t.progress(9_000, W1, a, 1);
         t.heartbeat(9_000, W1).unwrap();
         t.heartbeat(9_000, W2).unwrap();
         t.tick(12_000);
@@ -879,6 +891,34 @@ mod tests {
         // The late success of the timed-out attempt is ignored.
         assert_eq!(t.task_succeeded(19_003, W1, a), Report::Stale);
         assert_eq!(t.counts().attempts_failed, 1);
+    }
+
+    #[test]
+    fn progress_is_judged_per_attempt() {
+        // Goal: a worker's progress counter restarts at 0 with each attempt; a new attempt's
+        // rising counter is progress even while it is below the previous attempt's final value,
+        // and a counter that stops rising is no progress (the attempt times out).
+        let mut t = table(2, 1);
+        let first = run(&mut t, 0, W1);
+        t.progress(100, W1, first, 50_000);
+        t.task_succeeded(200, W1, first);
+        let second = run(&mut t, 300, W1);
+        for now in [5_000, 9_000, 13_000] {
+            t.heartbeat(now, W1).unwrap();
+            t.heartbeat(now, W2).unwrap();
+            t.progress(now, W1, second, now);
+            t.tick(now);
+        }
+        assert_eq!(t.counts().attempts_failed, 0, "a rising counter was not progress");
+        t.heartbeat(23_000, W1).unwrap();
+        t.heartbeat(23_000, W2).unwrap();
+        t.progress(23_000, W1, second, 13_000);
+        t.tick(23_000);
+        assert_eq!(
+            t.counts().attempts_failed,
+            1,
+            "a counter that stopped rising was progress"
+        );
     }
 
     #[test]
@@ -997,10 +1037,10 @@ mod tests {
         t.task_succeeded(2_000, w3, b);
         t.take_actions();
         for now in [5_000, 9_999] {
-            t.progress(now, W2, c);
+            t.progress(now, W2, c, now);
             assert_eq!(t.request_task(now, W1).unwrap(), Assignment::Wait);
         }
-        t.progress(10_000, W2, c);
+        t.progress(10_000, W2, c, 10_000);
         let backup = run(&mut t, 10_000, W1);
         assert_eq!(backup, att(c.task, c.attempt + 1));
         assert_eq!(t.task_succeeded(10_500, W1, backup), Report::Accepted);
@@ -1013,6 +1053,45 @@ mod tests {
             "{actions:?}"
         );
         assert_eq!(t.task_succeeded(10_600, W2, c), Report::Stale);
+        assert_eq!(t.counts().backup_attempts, 1);
+    }
+
+    #[test]
+    fn backup_waits_for_twice_the_median_of_finished_peers() {
+        // Goal (§3.6): when peers take longer than the task timeout, a running attempt gets no
+        // backup until it has run twice their median, though it is long past the timeout; a
+        // task with no finished peer never gets one.
+        let mut t = TaskTable::new(TaskTableConfig {
+            n_map: 3,
+            n_reduce: 1,
+            task_timeout_ms: 1_000,
+            worker_timeout_ms: 60_000,
+            max_attempts: 3,
+            speculation: true,
+        });
+        let (w3, idle) = (WorkerId(3), WorkerId(4));
+        for w in [W1, W2, w3, idle] {
+            t.register_worker(0, w, "w:1");
+        }
+        let a = run(&mut t, 0, W1);
+        let b = run(&mut t, 0, W2);
+        let c = run(&mut t, 0, w3);
+        // No finished peer yet: no backup, whatever the time.
+        t.progress(7_000, w3, c, 7_000);
+        assert_eq!(t.request_task(7_000, idle).unwrap(), Assignment::Wait);
+        t.task_succeeded(8_000, W1, a);
+        t.task_succeeded(8_000, W2, b);
+        // Median of finished peers: 8 s. The straggler has run 10 s and 15.9 s: no backup.
+        for now in [10_000, 15_999] {
+            t.progress(now, w3, c, now);
+            assert_eq!(
+                t.request_task(now, idle).unwrap(),
+                Assignment::Wait,
+                "at {now} ms"
+            );
+        }
+        t.progress(16_000, w3, c, 16_000);
+        assert_eq!(run(&mut t, 16_000, idle), att(c.task, c.attempt + 1));
         assert_eq!(t.counts().backup_attempts, 1);
     }
 

@@ -18,9 +18,12 @@ use crate::error::MrError;
 use crate::job::{
     run_map_task, run_reduce_task, InputRange, Job, MapTaskSpec, TaskContext, TaskCounters, TaskError,
 };
+use crate::output::attempt_path;
 use crate::proto;
 use crate::record::{self, Segment};
 use crate::shuffle::ReduceInputs;
+use crate::storage::Storage;
+use crate::work_dir::{self, WorkDir};
 
 /// Bytes per `FetchChunk`. Cost: up to [`FETCH_CHUNKS_IN_FLIGHT_MAX`] of these buffered per
 /// fetch on the serving side.
@@ -45,11 +48,16 @@ pub struct WorkerConfig {
     pub listen: String,
     /// The host reducers should use to reach this worker (default: the listen address's host).
     pub advertise_host: Option<String>,
-    /// Parent of the worker's temporary directory for spills and map outputs.
+    /// Root of the workers' local folders for spills and map outputs (default
+    /// [`work_dir::default_root`]); this worker's folder is removed when it exits, and folders
+    /// of dead workers are swept when it starts ([`crate::work_dir`]).
     pub work_dir: Option<PathBuf>,
     /// How long to keep trying to reach the coordinator (at start, and after losing it) before
     /// giving up: a worker started a moment before its coordinator waits for it.
     pub coordinator_wait: Duration,
+    /// Where the job's inputs are read and its reduce output written: the coordinator's
+    /// storage. Spills and map outputs stay in `work_dir` on local disk whatever this is.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl WorkerConfig {
@@ -60,7 +68,14 @@ impl WorkerConfig {
             advertise_host: None,
             work_dir: None,
             coordinator_wait: Duration::from_secs(10),
+            storage: crate::storage::local(),
         }
+    }
+
+    /// The same worker on another storage.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
     }
 }
 
@@ -90,6 +105,7 @@ struct Shared {
     exit: AtomicBool,
     last_contact: Mutex<Instant>,
     wait: Duration,
+    storage: Arc<dyn Storage>,
 }
 
 impl Shared {
@@ -116,15 +132,9 @@ fn worker_id(addr: &str) -> u64 {
 /// Runs a worker until the job is over or the coordinator is gone. `job` overrides the job
 /// the coordinator names (a user's own worker binary); `None` runs the coordinator's job.
 pub async fn run_worker(config: WorkerConfig, job: Option<Job>) -> Result<WorkerSummary, MrError> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("shoal-mr-worker-");
-    let work_dir = match &config.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            builder.tempdir_in(d)?
-        }
-        None => builder.tempdir()?,
-    };
+    let root = config.work_dir.clone().unwrap_or_else(work_dir::default_root);
+    let work_dir = WorkDir::create(&root)
+        .map_err(|e| MrError::Config(format!("cannot create a work folder in {}: {e}", root.display())))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| MrError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -159,6 +169,7 @@ pub async fn run_worker(config: WorkerConfig, job: Option<Job>) -> Result<Worker
         exit: AtomicBool::new(false),
         last_contact: Mutex::new(Instant::now()),
         wait: config.coordinator_wait,
+        storage: config.storage.clone(),
     });
     let result = work(&config, job, &shared, work_dir.path()).await;
     shared.exit.store(true, Ordering::Relaxed);
@@ -313,6 +324,7 @@ async fn run_one(
         tokio::task::spawn_blocking(move || {
             let ctx = TaskContext {
                 dir: &dir,
+                storage: shared2.storage.as_ref(),
                 progress: &shared2.current.progress,
                 cancel: &shared2.current.cancel,
             };
@@ -477,16 +489,14 @@ fn run_reduce(
         Ok(m) => m,
         Err(e) => return Outcome::Failed(format!("merging the shuffle input: {e}"), None),
     };
-    let temp = Path::new(&spec.output_dir)
-        .join("_temporary")
-        .join(format!("attempt-r-{idx:05}-{attempt}-w{worker_id:016x}"));
+    let temp = attempt_path(Path::new(&spec.output_dir), idx, attempt, worker_id);
     match run_reduce_task(job, merger, &temp, ctx) {
         Ok(mut c) => {
             c.shuffle_bytes = shuffle_bytes;
             Outcome::Reduce(c, temp)
         }
         Err(TaskError::Cancelled) => {
-            let _ = std::fs::remove_file(&temp);
+            let _ = ctx.storage.remove_file(&temp);
             Outcome::Cancelled
         }
         Err(TaskError::Failed(msg)) => Outcome::Failed(msg, Some(temp)),

@@ -181,9 +181,11 @@ struct WorkerArgs {
     /// Host name reducers use to reach this worker (default: the --listen host).
     #[arg(long)]
     advertise_host: Option<String>,
-    /// Parent folder for spills and map outputs (default: the system temp folder).
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
+    /// Root folder of workers' spills and map outputs, on a local disk. Each worker works in a
+    /// subfolder of its own, removed when it exits; a worker starting up removes the subfolders
+    /// of workers that died without cleaning up (killed with SIGKILL, say), and nothing else.
+    #[arg(long, default_value_os_t = shoal_mr::work_dir::default_root())]
+    work_dir: PathBuf,
     /// How long to keep trying an unreachable coordinator before exiting.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     coordinator_wait: Duration,
@@ -461,11 +463,11 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let config = WorkerConfig {
-        coordinator: a.coordinator.clone(),
         listen: a.listen.clone(),
         advertise_host: a.advertise_host.clone(),
-        work_dir: a.work_dir.clone(),
+        work_dir: Some(a.work_dir.clone()),
         coordinator_wait: a.coordinator_wait,
+        ..WorkerConfig::new(&a.coordinator)
     };
     let rt = runtime()?;
     let summary = rt.block_on(shoal_mr::run_worker(config, job))?;

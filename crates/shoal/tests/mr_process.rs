@@ -136,39 +136,156 @@ fn s(items: &[&str]) -> Vec<String> {
     items.iter().map(|x| x.to_string()).collect()
 }
 
+/// A streaming mapper writing `word<TAB>1` per word (words as `tr -cs A-Za-z` cuts them).
+const WORD_MAPPER: &str = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
+/// A streaming reducer summing each key's values.
+const SUM_REDUCER: &str = "awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
+
+/// A job's command line as a test states it: only what differs from the defaults (input
+/// `DIR/in/*.txt`, output `DIR/out`, and `shoal mr`'s own defaults for everything else).
+#[derive(Clone, Debug)]
+struct Job {
+    input: Option<String>,
+    output: PathBuf,
+    flags: Vec<String>,
+}
+
+impl Job {
+    fn new(dir: &Path) -> Self {
+        Self {
+            input: Some(format!("{}/in/*.txt", dir.display())),
+            output: dir.join("out"),
+            flags: Vec::new(),
+        }
+    }
+
+    fn app(self, name: &str) -> Self {
+        self.flag("--app", name)
+    }
+
+    /// Streaming mapper and reducer commands.
+    fn streaming(self, mapper: &str, reducer: &str) -> Self {
+        self.flag("--mapper", mapper).flag("--reducer", reducer)
+    }
+
+    fn reducers(self, n: u32) -> Self {
+        self.flag("--reducers", &n.to_string())
+    }
+
+    /// The summary as JSON on stdout.
+    fn json(self) -> Self {
+        self.flag("-o", "json")
+    }
+
+    fn flag(mut self, name: &str, value: &str) -> Self {
+        self.flags.extend([name.to_string(), value.to_string()]);
+        self
+    }
+
+    fn switch(mut self, name: &str) -> Self {
+        self.flags.push(name.to_string());
+        self
+    }
+
+    fn input(mut self, input: &str) -> Self {
+        self.input = Some(input.to_string());
+        self
+    }
+
+    fn without_input(mut self) -> Self {
+        self.input = None;
+        self
+    }
+
+    fn output(mut self, output: &Path) -> Self {
+        self.output = output.to_path_buf();
+        self
+    }
+
+    fn out(&self) -> &Path {
+        &self.output
+    }
+
+    /// `shoal mr coordinator --listen ADDR --output OUT FLAGS… INPUT`.
+    fn coordinator_args(&self, addr: &str) -> Vec<String> {
+        let mut args = s(&["mr", "coordinator", "--listen", addr]);
+        args.extend(s(&["--output", self.output.to_str().unwrap()]));
+        args.extend(self.flags.iter().cloned());
+        args.extend(self.input.iter().cloned());
+        args
+    }
+
+    /// `shoal mr run --input INPUT --output OUT FLAGS…`.
+    fn run_args(&self) -> Vec<String> {
+        let mut args = s(&["mr", "run"]);
+        if let Some(input) = &self.input {
+            args.extend(s(&["--input", input]));
+        }
+        args.extend(s(&["--output", self.output.to_str().unwrap()]));
+        args.extend(self.flags.iter().cloned());
+        args
+    }
+
+    /// Runs `shoal mr run` to completion: (exit code, stdout, stderr).
+    fn run(&self) -> (i32, String, String) {
+        let args = self.run_args();
+        shoal(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Runs `shoal mr run … -o json`, which must succeed; returns its summary.
+    fn run_summary(&self) -> serde_json::Value {
+        let (code, stdout, err) = self.clone().json().run();
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+}
+
 struct Cluster {
     dir: PathBuf,
     addr: String,
+    job: Job,
     coordinator: Child,
     workers: Vec<Child>,
     n_spawned: usize,
-    worker_args: Vec<String>,
 }
 
 impl Cluster {
-    /// Workers first (they must wait for the coordinator), then the coordinator.
-    fn start(dir: &Path, coordinator_args: &[String], n_workers: usize, worker_args: &[String]) -> Self {
+    /// Workers first (they must wait for the coordinator), then the coordinator, in `dir`.
+    fn start(dir: &Path, job: &Job, n_workers: usize) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut c = Cluster {
             dir: dir.to_path_buf(),
             addr: addr.clone(),
+            job: job.clone(),
             coordinator: Command::new("true").spawn().unwrap(),
             workers: Vec::new(),
             n_spawned: 0,
-            worker_args: worker_args.to_vec(),
         };
         for _ in 0..n_workers {
             c.add_worker();
         }
-        let mut args = s(&["mr", "coordinator", "--listen", &addr]);
-        args.extend_from_slice(coordinator_args);
-        c.coordinator = spawn(&args, &dir.join("coordinator.log"));
+        c.coordinator = spawn(&job.coordinator_args(&addr), &dir.join("coordinator.log"));
         c
     }
 
+    /// The coordinator again, with the same command line (after it was killed).
+    fn restart_coordinator(&mut self) {
+        let args = self.job.coordinator_args(&self.addr);
+        self.coordinator = spawn(&args, &self.dir.join("coordinator.log"));
+    }
+
+    /// A worker working under `DIR/work` (so that killed ones do not litter the system temp
+    /// folder).
     fn add_worker(&mut self) {
-        let mut args = s(&["mr", "worker", "--coordinator", &self.addr]);
-        args.extend_from_slice(&self.worker_args);
+        let work = self.dir.join("work");
+        let args = s(&[
+            "mr",
+            "worker",
+            "--coordinator",
+            &self.addr,
+            "--work-dir",
+            work.to_str().unwrap(),
+        ]);
         let log = self.dir.join(format!("worker-{}.log", self.n_spawned));
         self.n_spawned += 1;
         self.workers.push(spawn(&args, &log));
@@ -183,6 +300,52 @@ impl Cluster {
         }
         let log = fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default();
         (status, log)
+    }
+
+    /// Like [`Cluster::finish`], for a job that must succeed.
+    fn finish_ok(self) {
+        let dir = self.dir.clone();
+        let (status, _) = self.finish();
+        assert!(status.success(), "{}", dump_logs_on_failure(&dir));
+    }
+}
+
+/// Runs `job` on a coordinator and `n_workers` worker processes in `dir`; it must succeed.
+fn run_cluster(dir: &Path, job: &Job, n_workers: usize) {
+    Cluster::start(dir, job, n_workers).finish_ok();
+}
+
+/// The summary a cluster's coordinator printed (a job run with `-o json`).
+fn coordinator_summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("coordinator.out")).unwrap()).unwrap()
+}
+
+/// The worker folders (`shoal-mr-worker-*`) under a `--work-dir` root, sorted.
+fn worker_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("shoal-mr-worker-")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// A process killed (SIGKILL) when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -205,26 +368,18 @@ fn dump_logs_on_failure(dir: &Path) -> String {
 
 #[test]
 fn mr_wordcount_equals_sequential_reference() {
-    // Goal (test-mr.sh "wc"): wordcount over three worker processes equals a sequential count.
+    // Goal (test-mr.sh "wc"): wordcount over three worker processes equals a sequential count,
+    // and the workers leave no work folder behind.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 6, 300_000, 1);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "wordcount",
-        "--reducers",
-        "3",
-        &glob,
-    ]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
-    assert_eq!(part_files(&out).len(), 3);
+    let job = Job::new(tmp.path()).app("wordcount").reducers(3);
+    run_cluster(tmp.path(), &job, 3);
+    assert_eq!(worker_dirs(&tmp.path().join("work")), Vec::<PathBuf>::new());
+    let out = job.out();
+    assert_eq!(part_files(out).len(), 3);
     assert!(out.join("_SUCCESS").exists());
     assert!(!out.join("_temporary").exists());
-    assert_eq!(output_lines(&out), reference_wordcount(&files));
+    assert_eq!(output_lines(out), reference_wordcount(&files));
 }
 
 #[test]
@@ -232,20 +387,9 @@ fn mr_indexer_equals_sequential_reference() {
     // Goal (test-mr.sh "indexer"): the inverted index over two workers equals a sequential one.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 4, 100_000, 7);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "indexer",
-        "--reducers",
-        "2",
-        &glob,
-    ]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
-    assert_eq!(output_lines(&out), reference_indexer(&files));
+    let job = Job::new(tmp.path()).app("indexer").reducers(2);
+    run_cluster(tmp.path(), &job, 2);
+    assert_eq!(output_lines(job.out()), reference_indexer(&files));
 }
 
 /// Intervals `(worker pid, start ns, end ns)` appended by a streaming function.
@@ -284,21 +428,8 @@ fn mr_map_parallelism() {
     corpus(tmp.path(), 4, 1000, 3);
     let times = tmp.path().join("map-times");
     let mapper = format!("{}; printf 'k\\t1\\n'", timed(&times, "cat > /dev/null"));
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        &mapper,
-        "--reducer",
-        "cat",
-        "--reducers",
-        "1",
-        &glob,
-    ]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let job = Job::new(tmp.path()).streaming(&mapper, "cat").reducers(1);
+    run_cluster(tmp.path(), &job, 2);
     let iv = intervals(&times);
     assert_eq!(iv.len(), 4);
     assert!(
@@ -314,22 +445,8 @@ fn mr_reduce_parallelism() {
     corpus(tmp.path(), 2, 5000, 4);
     let times = tmp.path().join("reduce-times");
     let reducer = timed(&times, "cat");
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        mapper,
-        "--reducer",
-        &reducer,
-        "--reducers",
-        "4",
-        &glob,
-    ]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let job = Job::new(tmp.path()).streaming(WORD_MAPPER, &reducer).reducers(4);
+    run_cluster(tmp.path(), &job, 2);
     let iv = intervals(&times);
     assert_eq!(iv.len(), 4);
     assert!(
@@ -348,28 +465,122 @@ fn mr_job_count_each_map_task_runs_once() {
         "cat > /dev/null; echo run >> {}; printf 'k\\t1\\n'",
         count.display()
     );
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        &mapper,
-        "--reducer",
-        "cat",
-        "--reducers",
-        "2",
-        "-o",
-        "json",
-        &glob,
-    ]);
-    let (status, _) = Cluster::start(tmp.path(), &args, 3, &[]).finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
+    let job = Job::new(tmp.path()).streaming(&mapper, "cat").reducers(2).json();
+    run_cluster(tmp.path(), &job, 3);
     assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 8);
-    let summary: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    let summary = coordinator_summary(tmp.path());
     assert_eq!(summary["attempts_started"], 8 + 2, "{summary}");
     assert_eq!(summary["attempts_failed"], 0);
+    assert_eq!(summary["backup_attempts"], 0, "{summary}");
+}
+
+/// A streaming mapper that counts words, writing its `word<TAB>1` lines one by one with
+/// `pause` between them: slow, but always progressing (each line is output).
+fn slow_word_mapper(pause: &str) -> String {
+    format!(
+        "tr -cs A-Za-z '\\n' | grep . | while IFS= read -r w; do printf '%s\\t1\\n' \"$w\"; sleep {pause}; done"
+    )
+}
+
+/// How many times each line occurs in `file`.
+fn line_counts(file: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for l in fs::read_to_string(file).unwrap_or_default().lines() {
+        *counts.entry(l.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn mr_straggler_gets_one_backup_that_wins_and_output_stays_exact() {
+    // Goal (§3.6): a map task whose first attempt is slow but progressing gets exactly one backup
+    // attempt, once it has run --task-timeout and twice the median of its finished peers; the
+    // backup finishes first and wins, the straggler is killed, every other task runs exactly
+    // once, and the output equals the reference: no duplicate or partial output. The peers take
+    // about as long as the task timeout, so the straggler must progress (not hang) for the
+    // backup to start before the timeout would fail it.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 6, 300, 61);
+    let slow = files[2].display().to_string();
+    let started = tmp.path().join("map-started");
+    let finished = tmp.path().join("map-finished");
+    let marker = tmp.path().join("slowed-once");
+    // About 40 words a file: some 1 s per task at 0.02 s a word, and 20 s at 0.5 s a word for
+    // the first attempt on the slow file only (the marker directory makes later ones fast).
+    let fast = slow_word_mapper("0.02");
+    let mapper = format!(
+        "echo \"$SHOAL_MR_INPUT\" >> '{started}'; \
+         if [ \"$SHOAL_MR_INPUT\" = '{slow}' ] && mkdir '{marker}' 2>/dev/null; then {slow_map}; else {fast}; fi; \
+         echo \"$SHOAL_MR_INPUT\" >> '{finished}'",
+        started = started.display(),
+        finished = finished.display(),
+        marker = marker.display(),
+        slow_map = slow_word_mapper("0.5"),
+    );
+    let job = Job::new(tmp.path())
+        .streaming(&mapper, SUM_REDUCER)
+        .reducers(2)
+        .flag("--task-timeout", "1s")
+        .json();
+    run_cluster(tmp.path(), &job, 3);
+    let summary = coordinator_summary(tmp.path());
+    assert_eq!(summary["backup_attempts"], 1, "{summary}");
+    assert_eq!(summary["attempts_started"], 6 + 1 + 2, "{summary}");
+    assert_eq!(
+        summary["attempts_failed"], 0,
+        "the straggler was failed, not backed up: {summary}"
+    );
+    let starts = line_counts(&started);
+    for f in &files {
+        let expected = if f.display().to_string() == slow { 2 } else { 1 };
+        assert_eq!(
+            starts.get(&f.display().to_string()),
+            Some(&expected),
+            "{f:?}: {starts:?}"
+        );
+    }
+    // The backup won; the straggler was killed before it finished.
+    assert_eq!(
+        line_counts(&finished).get(&slow),
+        Some(&1),
+        "{:?}",
+        line_counts(&finished)
+    );
+    assert_eq!(part_files(job.out()).len(), 2);
+    assert_eq!(output_lines(job.out()), reference_wordcount(&files));
+}
+
+#[test]
+fn mr_tasks_slower_than_the_task_timeout_but_not_than_their_peers_get_no_backup() {
+    // Goal (§3.6): every map task runs well past --task-timeout (progressing) while an idle worker
+    // keeps asking for work, but none runs twice the median of its finished peers: no backup
+    // is started and every task runs exactly once.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = corpus(tmp.path(), 3, 300, 71);
+    let started = tmp.path().join("map-started");
+    // About 50 words a file at 0.05 s each: some 2.5 s per task against a 1 s task timeout.
+    let mapper = format!(
+        "echo \"$SHOAL_MR_INPUT\" >> '{}'; {}",
+        started.display(),
+        slow_word_mapper("0.05")
+    );
+    let job = Job::new(tmp.path())
+        .streaming(&mapper, "cat")
+        .reducers(2)
+        .flag("--task-timeout", "1s")
+        .json();
+    // Four workers for three map tasks: one is idle and asks for work the whole time.
+    run_cluster(tmp.path(), &job, 4);
+    let summary = coordinator_summary(tmp.path());
+    assert_eq!(summary["backup_attempts"], 0, "{summary}");
+    assert_eq!(summary["attempts_started"], 3 + 2, "{summary}");
+    assert!(
+        summary["map_phase_ms"].as_u64().unwrap() > 2_000,
+        "the tasks were not slow: {summary}"
+    );
+    let starts = line_counts(&started);
+    assert_eq!(starts.len(), files.len(), "{starts:?}");
+    assert!(starts.values().all(|n| *n == 1), "{starts:?}");
 }
 
 #[test]
@@ -377,23 +588,11 @@ fn mr_early_exit_no_process_exits_before_output_is_final() {
     // Goal (test-mr.sh "early exit"): when the first process exits, the output is already final.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 5, 100_000, 9);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
     // A slow reducer keeps the job going while the maps are long done.
-    let reducer = "sleep 0.3; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
-    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        mapper,
-        "--reducer",
-        reducer,
-        "--reducers",
-        "3",
-        &glob,
-    ]);
-    let mut cluster = Cluster::start(tmp.path(), &args, 3, &[]);
+    let reducer = format!("sleep 0.3; {SUM_REDUCER}");
+    let job = Job::new(tmp.path()).streaming(WORD_MAPPER, &reducer).reducers(3);
+    let out = job.out();
+    let mut cluster = Cluster::start(tmp.path(), &job, 3);
     let deadline = Instant::now() + WAIT_MAX;
     let first_exit_snapshot = loop {
         let any_exited = cluster.coordinator.try_wait().unwrap().is_some()
@@ -402,14 +601,13 @@ fn mr_early_exit_no_process_exits_before_output_is_final() {
                 .iter_mut()
                 .any(|w| w.try_wait().unwrap().is_some());
         if any_exited {
-            break output_lines(&out);
+            break output_lines(out);
         }
         assert!(Instant::now() < deadline, "no process exited in time");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let (status, _) = cluster.finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
-    let final_output = output_lines(&out);
+    cluster.finish_ok();
+    let final_output = output_lines(out);
     assert_eq!(
         first_exit_snapshot, final_output,
         "output changed after the first process exited"
@@ -434,38 +632,29 @@ fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
     let mut rng = SplitMix64::new(seed);
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 10, 60_000, 11);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
     // About 15% of attempts fail, 10% hang (killed after the 2 s task timeout).
+    // The dice come from /dev/urandom; the very first map and reduce attempts fail for sure,
+    // so that a lucky roll cannot leave the job without a failure.
     let dice = "r=$(od -An -N1 -tu1 /dev/urandom | tr -d ' ')";
+    let first = |what: &str| format!("mkdir '{}' 2>/dev/null && r=0", tmp.path().join(what).display());
     let mapper = format!(
-        "{dice}; if [ $r -lt 38 ]; then echo crash >&2; exit 3; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
-         tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'"
+        "{dice}; {}; if [ $r -lt 38 ]; then echo crash >&2; exit 3; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
+         {WORD_MAPPER}",
+        first("first-map-failed")
     );
     let reducer = format!(
-        "{dice}; if [ $r -lt 38 ]; then exit 4; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
-         awk -F'\\t' '{{c[$1]+=$2}} END {{for (k in c) print k \"\\t\" c[k]}}'"
+        "{dice}; {}; if [ $r -lt 38 ]; then exit 4; fi; if [ $r -lt 64 ]; then sleep 30; fi; \
+         {SUM_REDUCER}",
+        first("first-reduce-failed")
     );
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        &mapper,
-        "--reducer",
-        &reducer,
-        "--reducers",
-        "3",
-        "--task-timeout",
-        "2s",
-        "--worker-timeout",
-        "1s",
-        "--max-attempts",
-        "30",
-        "-o",
-        "json",
-        &glob,
-    ]);
-    let mut cluster = Cluster::start(tmp.path(), &args, 3, &[]);
+    let job = Job::new(tmp.path())
+        .streaming(&mapper, &reducer)
+        .reducers(3)
+        .flag("--task-timeout", "2s")
+        .flag("--worker-timeout", "1s")
+        .flag("--max-attempts", "30")
+        .json();
+    let mut cluster = Cluster::start(tmp.path(), &job, 3);
     let deadline = Instant::now() + WAIT_MAX;
     let mut kills = 0;
     while cluster.coordinator.try_wait().unwrap().is_none() && kills < 8 {
@@ -483,20 +672,87 @@ fn mr_crash_killed_workers_and_failing_or_hanging_functions() {
         kills += 1;
         cluster.add_worker();
     }
-    let (status, log) = cluster.finish();
+    let (status, _) = cluster.finish();
     assert!(
         status.success(),
         "seed {seed}\n{}",
         dump_logs_on_failure(tmp.path())
     );
-    let _ = log;
-    assert_eq!(output_lines(&out), reference_wordcount(&files), "seed {seed}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    assert_eq!(
+        output_lines(job.out()),
+        reference_wordcount(&files),
+        "seed {seed}"
+    );
+    let summary = coordinator_summary(tmp.path());
     eprintln!("kills {kills}, summary {summary}");
     // The faults really happened: failed or timed-out attempts, and attempts lost with killed workers.
     assert!(summary["attempts_failed"].as_u64().unwrap() > 0, "{summary}");
     assert!(kills > 0, "the job ended before the first kill");
+}
+
+#[test]
+fn mr_sigkilled_workers_folder_is_swept_by_the_next_worker() {
+    // Goal: a worker killed with SIGKILL leaves its work folder behind; the next worker started
+    // under the same --work-dir removes it, and leaves alone a live worker's folder and anything
+    // without a worker's marker.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("work");
+    // Nobody listens there: the workers wait for their coordinator, and stay up.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start_worker = |name: &str| {
+        let args = s(&[
+            "mr",
+            "worker",
+            "--coordinator",
+            &addr,
+            "--work-dir",
+            root.to_str().unwrap(),
+            "--coordinator-wait",
+            "120s",
+        ]);
+        KillOnDrop(spawn(&args, &tmp.path().join(format!("{name}.log"))))
+    };
+    // Waits for a worker folder not in `known`, with its marker: the worker is up (and has swept).
+    let await_new_dir = |worker: &mut KillOnDrop, known: &[PathBuf]| {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let new: Vec<PathBuf> = worker_dirs(&root)
+                .into_iter()
+                .filter(|d| !known.contains(d) && d.join("lock").exists())
+                .collect();
+            if let [dir] = new.as_slice() {
+                return dir.clone();
+            }
+            assert!(new.len() < 2, "{new:?}");
+            assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+            assert!(Instant::now() < deadline, "no work folder appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut live = start_worker("live");
+    let live_dir = await_new_dir(&mut live, &[]);
+    let mut victim = start_worker("victim");
+    let victim_dir = await_new_dir(&mut victim, std::slice::from_ref(&live_dir));
+    fs::write(victim_dir.join("map-00000-0.data"), b"map output").unwrap();
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    assert!(victim_dir.join("map-00000-0.data").exists());
+    // Not a worker's: no marker, or not the worker prefix.
+    let unmarked = root.join("shoal-mr-worker-unmarked");
+    fs::create_dir(&unmarked).unwrap();
+    let foreign = root.join("notes");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("lock"), b"").unwrap();
+
+    let mut next = start_worker("next");
+    let next_dir = await_new_dir(
+        &mut next,
+        &[live_dir.clone(), victim_dir.clone(), unmarked.clone()],
+    );
+    assert!(!victim_dir.exists(), "the dead worker's folder was not swept");
+    for kept in [&live_dir, &next_dir, &unmarked, &foreign] {
+        assert!(kept.exists(), "{} was swept", kept.display());
+    }
 }
 
 #[test]
@@ -505,20 +761,10 @@ fn mr_failing_mapper_fails_job_with_its_stderr_and_leaves_no_output() {
     // status and stderr in the error, its workers exit, and no part-r-* file is left.
     let tmp = tempfile::tempdir().unwrap();
     corpus(tmp.path(), 3, 1000, 2);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        "echo the input is cursed >&2; exit 7",
-        "--reducer",
-        "cat",
-        "--max-attempts",
-        "3",
-        &glob,
-    ]);
-    let (status, log) = Cluster::start(tmp.path(), &args, 2, &[]).finish();
+    let job = Job::new(tmp.path())
+        .streaming("echo the input is cursed >&2; exit 7", "cat")
+        .flag("--max-attempts", "3");
+    let (status, log) = Cluster::start(tmp.path(), &job, 2).finish();
     assert_eq!(status.code(), Some(1));
     let last = log.lines().last().unwrap_or_default();
     assert!(
@@ -527,8 +773,8 @@ fn mr_failing_mapper_fails_job_with_its_stderr_and_leaves_no_output() {
             && last.contains("3 times"),
         "{last}"
     );
-    assert!(part_files(&out).is_empty());
-    assert!(!out.join("_temporary").exists());
+    assert!(part_files(job.out()).is_empty());
+    assert!(!job.out().join("_temporary").exists());
 }
 
 /// Runs `shoal ARGS…` to completion: (exit code, stdout, stderr).
@@ -553,146 +799,64 @@ fn mr_run_bad_inputs_give_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 1, 1000, 1);
     let input = files[0].to_str().unwrap();
-    let out = tmp.path().join("out");
-    let out = out.to_str().unwrap();
-    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+    let job = Job::new(tmp.path()).input(input);
+    let cases: Vec<(Job, i32, &str)> = vec![
         (
-            s(&[
-                "--input",
-                "/no/such/input.txt",
-                "--output",
-                out,
-                "--app",
-                "wordcount",
-            ]),
+            job.clone().input("/no/such/input.txt").app("wordcount"),
             1,
             "cannot read input /no/such/input.txt",
         ),
         (
-            s(&[
-                "--input",
-                &format!("{input}/x"),
-                "--output",
-                out,
-                "--app",
-                "wordcount",
-            ]),
+            job.clone().input(&format!("{input}/x")).app("wordcount"),
             1,
             "Not a directory",
         ),
         (
-            s(&["--input", "/no/such/*.txt", "--output", out, "--app", "wordcount"]),
+            job.clone().input("/no/such/*.txt").app("wordcount"),
             1,
             "matches no file",
         ),
+        (job.clone().app("nope"), 1, "built-in apps are wordcount"),
         (
-            s(&["--input", input, "--output", out, "--app", "nope"]),
-            1,
-            "built-in apps are wordcount",
-        ),
-        (
-            s(&[
-                "--input",
-                input,
-                "--output",
-                out,
-                "--mapper",
-                "no-such-mapper-cmd",
-                "--reducer",
-                "cat",
-                "--max-attempts",
-                "1",
-            ]),
+            job.clone()
+                .streaming("no-such-mapper-cmd", "cat")
+                .flag("--max-attempts", "1"),
             1,
             "not found",
         ),
         (
-            s(&[
-                "--input",
-                input,
-                "--output",
-                out,
-                "--mapper",
-                "echo no tab here",
-                "--reducer",
-                "cat",
-                "--max-attempts",
-                "1",
-            ]),
+            job.clone()
+                .streaming("echo no tab here", "cat")
+                .flag("--max-attempts", "1"),
             1,
             "malformed line 1",
         ),
         (
-            s(&[
-                "--input",
-                input,
-                "--output",
-                &format!("{input}/out"),
-                "--app",
-                "wordcount",
-            ]),
+            job.clone().output(&files[0].join("out")).app("wordcount"),
             1,
             "cannot write output folder",
         ),
-        (
-            s(&["--input", input, "--output", out, "--app", "grep"]),
-            1,
-            "needs --pattern",
-        ),
-        (s(&["--output", out, "--app", "wordcount"]), 2, "--input"),
-        (
-            s(&["--input", input, "--output", out]),
-            1,
-            "--mapper CMD --reducer CMD",
-        ),
+        (job.clone().app("grep"), 1, "needs --pattern"),
+        (job.clone().without_input().app("wordcount"), 2, "--input"),
+        (job.clone(), 1, "--mapper CMD --reducer CMD"),
     ];
-    for (args, code, needle) in cases {
-        let mut full = s(&["mr", "run"]);
-        full.extend(args.clone());
-        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let (got, _, stderr) = shoal(&refs);
+    for (case, code, needle) in cases {
+        let args = case.run_args();
+        let (got, _, stderr) = case.run();
         assert_eq!(got, code, "{args:?}: {stderr}");
         assert!(
             stderr.contains(needle),
             "{args:?}: expected {needle:?} in {stderr}"
         );
-        assert!(part_files(Path::new(out)).is_empty(), "{args:?} left output");
+        assert!(part_files(job.out()).is_empty(), "{args:?} left output");
     }
     // Existing output is refused without --overwrite, replaced with it.
-    let (code, _, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        input,
-        "--output",
-        out,
-        "--app",
-        "wordcount",
-    ]);
+    let (code, _, err) = job.clone().app("wordcount").run();
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        input,
-        "--output",
-        out,
-        "--app",
-        "wordcount",
-    ]);
+    let (code, _, err) = job.clone().app("wordcount").run();
     assert_eq!(code, 1);
     assert!(err.contains("--overwrite"), "{err}");
-    let (code, _, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        input,
-        "--output",
-        out,
-        "--app",
-        "distinct",
-        "--overwrite",
-    ]);
+    let (code, _, err) = job.clone().app("distinct").switch("--overwrite").run();
     assert_eq!(code, 0, "{err}");
 }
 
@@ -702,32 +866,15 @@ fn mr_run_shuffle_larger_than_memory_spills_and_merges() {
     // disk and still equals the reference.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 3, 400_000, 21);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let (code, stdout, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        &glob,
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "wordcount",
-        "--reducers",
-        "2",
-        "--workers",
-        "2",
-        "--map-buffer",
-        "16KiB",
-        "--reduce-buffer",
-        "16KiB",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let job = Job::new(tmp.path())
+        .app("wordcount")
+        .reducers(2)
+        .flag("--workers", "2")
+        .flag("--map-buffer", "16KiB")
+        .flag("--reduce-buffer", "16KiB");
+    let summary = job.run_summary();
     assert!(summary["counters"]["spills"].as_u64().unwrap() > 30, "{summary}");
-    assert_eq!(output_lines(&out), reference_wordcount(&files));
+    assert_eq!(output_lines(job.out()), reference_wordcount(&files));
 }
 
 #[test]
@@ -746,23 +893,16 @@ fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
                 .map(<[u8]>::to_vec),
         );
     }
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let out = tmp.path().join("sorted");
-    let (code, _, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        &glob,
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "sort",
-        "--reducers",
-        "4",
-    ]);
+    let job = Job::new(tmp.path());
+    let sort = job
+        .clone()
+        .output(&tmp.path().join("sorted"))
+        .app("sort")
+        .reducers(4);
+    let (code, _, err) = sort.run();
     assert_eq!(code, 0, "{err}");
     let mut concat = Vec::new();
-    let parts = part_files(&out);
+    let parts = part_files(sort.out());
     assert_eq!(parts.len(), 4);
     for p in &parts {
         concat.extend(
@@ -780,39 +920,22 @@ fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
     let sizes: Vec<u64> = parts.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
     assert!(sizes.iter().all(|s| *s > 0), "{sizes:?}");
 
-    let out = tmp.path().join("distinct");
-    let (code, _, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        &glob,
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "distinct",
-    ]);
+    let distinct = job.clone().output(&tmp.path().join("distinct")).app("distinct");
+    let (code, _, err) = distinct.run();
     assert_eq!(code, 0, "{err}");
-    let mut distinct: Vec<String> = lines
+    let mut expected: Vec<String> = lines
         .iter()
         .map(|l| String::from_utf8(l.clone()).unwrap())
         .collect();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(output_lines(&out), distinct);
+    expected.sort();
+    expected.dedup();
+    assert_eq!(output_lines(distinct.out()), expected);
 
-    let out = tmp.path().join("grep");
-    let (code, _, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        &glob,
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "grep",
-        "--pattern",
-        "[A-Z][a-z]+",
-    ]);
+    let grep = job
+        .output(&tmp.path().join("grep"))
+        .app("grep")
+        .flag("--pattern", "[A-Z][a-z]+");
+    let (code, _, err) = grep.run();
     assert_eq!(code, 0, "{err}");
     let re = regex::Regex::new("[A-Z][a-z]+").unwrap();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -823,7 +946,7 @@ fn mr_run_sort_is_globally_sorted_and_distinct_grep_work() {
     }
     let mut expected: Vec<String> = counts.into_iter().map(|(k, v)| format!("{k}\t{v}")).collect();
     expected.sort();
-    assert_eq!(output_lines(&out), expected);
+    assert_eq!(output_lines(grep.out()), expected);
 }
 
 #[test]
@@ -833,29 +956,15 @@ fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
     // carry on, and the output equals the reference.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 4, 50_000, 41);
-    let out = tmp.path().join("out");
-    let glob = format!("{}/in/*.txt", tmp.path().display());
     let count = tmp.path().join("map-runs");
-    let mapper = format!(
-        "echo run >> {}; tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'",
-        count.display()
-    );
-    let reducer = "sleep 0.5; awk -F'\\t' '{c[$1]+=$2} END {for (k in c) print k \"\\t\" c[k]}'";
-    let args = s(&[
-        "--output",
-        out.to_str().unwrap(),
-        "--mapper",
-        &mapper,
-        "--reducer",
-        reducer,
-        "--reducers",
-        "6",
-        "-o",
-        "json",
-        &glob,
-    ]);
-    let mut cluster = Cluster::start(tmp.path(), &args, 2, &[]);
-    let journal = out.join("_temporary").join("journal");
+    let mapper = format!("echo run >> {}; {WORD_MAPPER}", count.display());
+    let reducer = format!("sleep 0.5; {SUM_REDUCER}");
+    let job = Job::new(tmp.path())
+        .streaming(&mapper, &reducer)
+        .reducers(6)
+        .json();
+    let mut cluster = Cluster::start(tmp.path(), &job, 2);
+    let journal = job.out().join("_temporary").join("journal");
     let deadline = Instant::now() + WAIT_MAX;
     while !fs::read_to_string(&journal)
         .unwrap_or_default()
@@ -870,13 +979,9 @@ fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
     }
     cluster.coordinator.kill().unwrap();
     cluster.coordinator.wait().unwrap();
-    let mut restart = s(&["mr", "coordinator", "--listen", &cluster.addr]);
-    restart.extend(args.clone());
-    cluster.coordinator = spawn(&restart, &tmp.path().join("coordinator.log"));
-    let (status, _) = cluster.finish();
-    assert!(status.success(), "{}", dump_logs_on_failure(tmp.path()));
-    let summary: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(tmp.path().join("coordinator.out")).unwrap()).unwrap();
+    cluster.restart_coordinator();
+    cluster.finish_ok();
+    let summary = coordinator_summary(tmp.path());
     assert_eq!(summary["resumed"], true, "{summary}");
     assert!(
         summary["attempts_started"].as_u64().unwrap() < 6,
@@ -887,7 +992,7 @@ fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
         4,
         "map tasks ran again"
     );
-    assert_eq!(output_lines(&out), reference_wordcount(&files));
+    assert_eq!(output_lines(job.out()), reference_wordcount(&files));
 }
 
 #[test]
@@ -907,24 +1012,12 @@ fn mr_run_combine_small_files_packs_inputs_into_few_tasks() {
         .unwrap();
         files.push(p);
     }
-    let out = tmp.path().join("out");
-    let (code, stdout, err) = shoal(&[
-        "mr",
-        "run",
-        "--input",
-        &format!("{}/*.txt", input.display()),
-        "--output",
-        out.to_str().unwrap(),
-        "--app",
-        "indexer",
-        "--combine-small-files",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let job = Job::new(tmp.path())
+        .app("indexer")
+        .switch("--combine-small-files");
+    let summary = job.run_summary();
     assert_eq!(summary["maps"]["total"], 1, "{summary}");
-    assert_eq!(output_lines(&out), reference_indexer(&files));
+    assert_eq!(output_lines(job.out()), reference_indexer(&files));
 }
 
 #[test]
@@ -933,39 +1026,21 @@ fn mr_run_streaming_with_combiner_equals_reference() {
     // counts words like the reference, and the combiner really shrinks the map output.
     let tmp = tempfile::tempdir().unwrap();
     let files = corpus(tmp.path(), 2, 300_000, 51);
-    let glob = format!("{}/in/*.txt", tmp.path().display());
-    let mapper = "tr -cs A-Za-z '\\n' | grep . | sed 's/$/\\t1/'";
     // Groups adjacent keys, so its output stays sorted.
     let sum_sorted = "awk -F'\\t' '$1 != k { if (NR > 1) print k \"\\t\" c; k = $1; c = 0 } { c += $2 } END { if (NR > 0) print k \"\\t\" c }'";
     let mut map_bytes = Vec::new();
     for (name, combiner) in [("plain", None), ("combined", Some(sum_sorted))] {
-        let out = tmp.path().join(name);
-        let mut args = vec![
-            "mr",
-            "run",
-            "--input",
-            &glob,
-            "--output",
-            out.to_str().unwrap(),
-            "--mapper",
-            mapper,
-            "--reducer",
-            sum_sorted,
-            "--reducers",
-            "2",
-            "--map-buffer",
-            "256KiB",
-            "-o",
-            "json",
-        ];
+        let mut job = Job::new(tmp.path())
+            .output(&tmp.path().join(name))
+            .streaming(WORD_MAPPER, sum_sorted)
+            .reducers(2)
+            .flag("--map-buffer", "256KiB");
         if let Some(c) = combiner {
-            args.extend(["--combiner", c]);
+            job = job.flag("--combiner", c);
         }
-        let (code, stdout, err) = shoal(&args);
-        assert_eq!(code, 0, "{err}");
-        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let summary = job.run_summary();
         map_bytes.push(summary["counters"]["map_bytes_out"].as_u64().unwrap());
-        assert_eq!(output_lines(&out), reference_wordcount(&files), "{name}");
+        assert_eq!(output_lines(job.out()), reference_wordcount(&files), "{name}");
     }
     assert!(
         map_bytes[1] * 2 < map_bytes[0],
