@@ -629,7 +629,8 @@ async fn a_retried_write_applies_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_member_raises_an_alarm_and_stops_serving() {
     // Goal: a member whose state silently differs is found by the hash comparison, gets a
-    // CORRUPT alarm, and refuses to serve, while the others go on.
+    // CORRUPT alarm, and refuses to serve, while the others go on — even when the diverged
+    // member is the leader (it hands leadership over instead of stopping the cluster).
     let options = ServerOptions {
         hash_check_interval: Duration::from_millis(300),
         ..ServerOptions::default()
@@ -642,6 +643,15 @@ async fn a_diverged_member_raises_an_alarm_and_stops_serving() {
         }
     })
     .await;
+    let leader = cluster.leader().await;
+    if leader != NodeId(3) {
+        cluster.members[&leader]
+            .server
+            .group()
+            .transfer_leader(NodeId(3))
+            .await
+            .expect("make the diverging member the leader");
+    }
     let client = cluster.client();
     client.put("a", "abc").await.unwrap();
     let odd = MetaClient::with_options(vec![cluster.addresses[&NodeId(3)].clone()], fast_options()).unwrap();
@@ -674,6 +684,11 @@ async fn a_diverged_member_raises_an_alarm_and_stops_serving() {
     }
     client.put("b", "still-writable").await.unwrap();
     assert_eq!(client.get("a").await.unwrap().unwrap().value, b"abc");
+    assert_ne!(
+        cluster.leader().await,
+        NodeId(3),
+        "the diverged member handed leadership over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

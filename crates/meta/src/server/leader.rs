@@ -68,6 +68,19 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 });
             }
         }
+        if state.role == Role::Leader && lock(&inner.corrupt).is_some() {
+            // A diverged member refuses every request; as leader it would stop the whole
+            // cluster. It hands leadership to a healthy voter (again if re-elected).
+            let me = inner.node_id;
+            let target = state.membership.voters.iter().copied().find(|&id| id != me);
+            if let Some(target) = target {
+                if let Err(error) = inner.group.transfer_leader(target).await {
+                    tracing::warn!(%error, target = target.0, "diverged leader could not hand over leadership");
+                }
+            }
+            duties = LeaderDuties::default();
+            continue;
+        }
         if state.role != Role::Leader {
             let mut clock = lock(&inner.leases);
             if clock.term.is_some() || !clock.deadlines.is_empty() {
