@@ -354,7 +354,9 @@ pub fn run_reduce_task(
             out.w.into_inner().map_err(|e| e.into_error())?.sync()?;
         }
         ReduceFn::Streaming(cmd) => {
-            counters.bytes_out = run_streaming_reduce(cmd, &mut merger, file.as_mut(), ctx, &mut counters)?;
+            let copied = run_streaming_reduce(cmd, &mut merger, file.as_mut(), ctx, &mut counters)?;
+            counters.bytes_out = copied.n_bytes;
+            counters.records_out = copied.n_lines;
             file.sync()?;
         }
     }
@@ -571,18 +573,18 @@ fn run_streaming_map(
 
 /// Feeds the merged shuffle input to the reducer command and copies its stdout to `out`
 /// (through the worker rather than straight to a file, so that any [`Storage`] can take it);
-/// returns the bytes written.
+/// returns what it wrote.
 fn run_streaming_reduce(
     cmd: &str,
     merger: &mut Merger,
     out: &mut dyn OutputFile,
     ctx: &TaskContext<'_>,
     counters: &mut TaskCounters,
-) -> Result<u64, TaskError> {
+) -> Result<Copied, TaskError> {
     let s = Streaming::spawn(cmd, None, Stdio::piped())?;
     let stdin = s.take_stdin().expect("piped");
     let stdout = s.take_stdout().expect("piped");
-    let (fed, copied): (io::Result<()>, io::Result<u64>) = with_cancel_watch(&s, ctx.cancel, || {
+    let (fed, copied): (io::Result<()>, io::Result<Copied>) = with_cancel_watch(&s, ctx.cancel, || {
         std::thread::scope(|scope| {
             let copier = scope.spawn(|| {
                 let copied = copy_output(stdout, out, ctx.progress);
@@ -625,19 +627,34 @@ fn run_streaming_reduce(
     }
 }
 
+/// What a command wrote: bytes, and lines (a last line without a newline counts).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Copied {
+    n_bytes: u64,
+    n_lines: u64,
+}
+
 /// Copies a command's output to `out`; each read from the pipe counts as progress.
-fn copy_output(mut from: impl Read, out: &mut dyn OutputFile, progress: &AtomicU64) -> io::Result<u64> {
+fn copy_output(mut from: impl Read, out: &mut dyn OutputFile, progress: &AtomicU64) -> io::Result<Copied> {
     let mut buf = vec![0u8; 1 << 16];
-    let mut n_bytes = 0u64;
+    let mut copied = Copied::default();
+    let mut ends_with_newline = true;
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(n_bytes),
+            Ok(0) => {
+                if !ends_with_newline {
+                    copied.n_lines += 1;
+                }
+                return Ok(copied);
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         out.write_all(&buf[..n])?;
-        n_bytes += n as u64;
+        copied.n_bytes += n as u64;
+        copied.n_lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        ends_with_newline = buf[n - 1] == b'\n';
         progress.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -705,5 +722,55 @@ impl PartitionCombiner for StreamingCombiner {
         let status = s.finish("combiner", "map output").map_err(to_io);
         parsed?;
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sink(Vec<u8>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl OutputFile for Sink {
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn copied_output_counts_its_lines() {
+        // Goal: a streaming reducer's records out are its output lines, an unterminated
+        // last line included.
+        let progress = AtomicU64::new(0);
+        for (text, n_lines) in [
+            ("", 0),
+            ("a\t1\n", 1),
+            ("a\t1\nb\t2\n", 2),
+            ("a\t1\nb", 2),
+            ("\n\n", 2),
+        ] {
+            let mut sink = Sink(Vec::new());
+            let copied = copy_output(text.as_bytes(), &mut sink, &progress).unwrap();
+            assert_eq!(
+                copied,
+                Copied {
+                    n_bytes: text.len() as u64,
+                    n_lines
+                },
+                "{text:?}"
+            );
+            assert_eq!(sink.0, text.as_bytes());
+        }
     }
 }

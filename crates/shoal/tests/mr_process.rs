@@ -1040,7 +1040,14 @@ fn mr_run_streaming_with_combiner_equals_reference() {
         }
         let summary = job.run_summary();
         map_bytes.push(summary["counters"]["map_bytes_out"].as_u64().unwrap());
-        assert_eq!(output_lines(job.out()), reference_wordcount(&files), "{name}");
+        let lines = output_lines(job.out());
+        assert_eq!(lines, reference_wordcount(&files), "{name}");
+        // A streaming reducer's records out are the lines it wrote.
+        assert_eq!(
+            summary["counters"]["reduce_records_out"].as_u64(),
+            Some(lines.len() as u64),
+            "{name}: {summary}"
+        );
     }
     assert!(
         map_bytes[1] * 2 < map_bytes[0],
