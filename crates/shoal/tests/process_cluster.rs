@@ -1803,7 +1803,13 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
         .find(|p| p.extension().is_some_and(|x| x == "wal"))
         .unwrap_or_else(|| panic!("no WAL segment under {}", wal_dir.display()));
     let mut bytes = std::fs::read(&segment).expect("read segment");
-    let middle = bytes.len() / 3;
+    // The segment is zero-filled past its records (preallocation): flip inside the records.
+    let records_len = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .expect("records in the segment")
+        + 1;
+    let middle = records_len / 3;
     bytes[middle] ^= 0x5a;
     std::fs::write(&segment, &bytes).expect("write segment");
     let output = Command::new(shoal_binary())
