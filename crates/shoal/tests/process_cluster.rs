@@ -1298,11 +1298,66 @@ fn process_kv_5_nodes_put_get_cas_under_kills_is_linearizable() {
 // ----- the command line -----
 
 fn shoal(args: &[&str]) -> Output {
-    Command::new(shoal_binary())
-        .args(args)
+    output_within(Command::new(shoal_binary()).args(args), COMMAND_TIME_MAX)
+}
+
+/// How long a command that should exit by itself may run before the test fails (instead of
+/// hanging on, say, a server that started when it should have refused to).
+const COMMAND_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// Runs `command` to its end like `Command::output`, but kills it and fails the test if it
+/// runs longer than `limit`.
+fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
         .stdin(Stdio::null())
-        .output()
-        .expect("run shoal")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for shoal") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = Output {
+        status: status.unwrap_or_else(|| child.wait().expect("reap shoal")),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    assert!(
+        status.is_some(),
+        "still running after {limit:?}, killed: {}",
+        describe(&output)
+    );
+    output
 }
 
 fn describe(output: &Output) -> String {
@@ -1812,21 +1867,17 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
     let middle = records_len / 3;
     bytes[middle] ^= 0x5a;
     std::fs::write(&segment, &bytes).expect("write segment");
-    let output = Command::new(shoal_binary())
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--data-dir",
-            dir_text,
-            "--listen",
-            &addr,
-            "--peers",
-            &peers,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run server");
+    let output = shoal(&[
+        "server",
+        "--id",
+        "1",
+        "--data-dir",
+        dir_text,
+        "--listen",
+        &addr,
+        "--peers",
+        &peers,
+    ]);
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = stderr_text(&output);
     assert!(stderr.to_lowercase().contains("corrupt"), "{}", describe(&output));
