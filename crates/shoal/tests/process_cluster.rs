@@ -1835,17 +1835,21 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
     // Another cluster's --peers on this data dir.
     let other = free_addresses(2);
     let other_peers = format!("1={},2={}", other[0], other[1]);
-    let output = shoal(&[
-        "server",
-        "--id",
-        "1",
-        "--data-dir",
-        dir_text,
-        "--listen",
-        &other[0],
-        "--peers",
-        &other_peers,
-    ]);
+    // Member 1 on this data dir, run to its exit.
+    let start_member = |listen: &str, peers: &str| {
+        shoal(&[
+            "server",
+            "--id",
+            "1",
+            "--data-dir",
+            dir_text,
+            "--listen",
+            listen,
+            "--peers",
+            peers,
+        ])
+    };
+    let output = start_member(&other[0], &other_peers);
     assert_fails_with(&output, &["another cluster", &peers]);
 
     // A byte flipped in the middle of the WAL.
@@ -1867,17 +1871,7 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
     let middle = records_len / 3;
     bytes[middle] ^= 0x5a;
     std::fs::write(&segment, &bytes).expect("write segment");
-    let output = shoal(&[
-        "server",
-        "--id",
-        "1",
-        "--data-dir",
-        dir_text,
-        "--listen",
-        &addr,
-        "--peers",
-        &peers,
-    ]);
+    let output = start_member(&addr, &peers);
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = stderr_text(&output);
     assert!(stderr.to_lowercase().contains("corrupt"), "{}", describe(&output));
