@@ -219,27 +219,9 @@ pub fn run(global: &GlobalArgs, args: BenchKvArgs) -> anyhow::Result<()> {
 
 // ----- the generator -----
 
-/// splitmix64: small, fast and good enough to pick keys; seeded, so runs repeat exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in [0, n). The modulo bias is below 2^-40 for any key space allowed here.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// Seeded (runs repeat exactly): the core's SplitMix64. `range(0, n)` is uniform in [0, n)
+/// with a modulo bias below 2^-40 for any key space allowed here.
+type Rng = shoal_raft::SplitMix64;
 
 /// Key number `idx`: its decimal digits, zero-padded to `key_size` bytes.
 fn key_of(idx: u64, key_size: usize) -> Vec<u8> {
@@ -250,7 +232,7 @@ fn key_of(idx: u64, key_size: usize) -> Vec<u8> {
 fn value_of(rng: &mut Rng, val_size: usize) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     (0..val_size)
-        .map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize])
+        .map(|_| ALPHABET[rng.range(0, ALPHABET.len() as u64) as usize])
         .collect()
 }
 
@@ -600,7 +582,7 @@ async fn run_requests(global: &GlobalArgs, args: &BenchKvArgs) -> anyhow::Result
                     tokio::time::sleep_until(started + Duration::from_secs_f64(ticket as f64 / rate as f64))
                         .await;
                 }
-                let key = key_of(rng.below(key_space), key_size);
+                let key = key_of(rng.range(0, key_space), key_size);
                 let sent = Instant::now();
                 let outcome = match workload {
                     Workload::Put => within(timeout, conn.put(key, value.clone())).await.map(|_| true),
@@ -801,7 +783,7 @@ async fn run_watch(global: &GlobalArgs, args: &BenchKvArgs) -> anyhow::Result<Re
     let started = Instant::now();
     for ticket in 0..args.total {
         tokio::time::sleep_until(started + Duration::from_secs_f64(ticket as f64 / rate_per_s as f64)).await;
-        let key_idx = rng.below(args.key_space);
+        let key_idx = rng.range(0, args.key_space);
         let sent = Instant::now();
         match within(
             global.timeout,

@@ -68,20 +68,16 @@ fn serialize_cluster_tests() -> MutexGuard<'static, ()> {
 
 // ----- randomness -----
 
-/// SplitMix64: enough for choosing operations and faults, and no dependency.
-struct Rng(u64);
+/// The core's SplitMix64, with the draws these tests make.
+struct Rng(shoal_raft::SplitMix64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(shoal_raft::SplitMix64::new(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+        self.0.range(0, n)
     }
 
     fn chance_percent(&mut self, percent: u64) -> bool {
@@ -134,7 +130,7 @@ fn free_addresses(n: usize) -> Vec<String> {
     let clock_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = Rng(clock_ns ^ u64::from(std::process::id()));
+    let mut rng = Rng::new(clock_ns ^ u64::from(std::process::id()));
     let mut listeners = Vec::new();
     let mut n_attempts = 0;
     while listeners.len() < n {
@@ -474,7 +470,7 @@ async fn run_client(
         client_options(REQUEST_TIMEOUT, Duration::ZERO),
     )
     .expect("client");
-    let mut rng = Rng(seed ^ client_idx.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut rng = Rng::new(seed ^ client_idx.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut stats = ClientStats::default();
     let client_id = ClientId(client_idx);
     let mut n_puts = 0u64;
@@ -618,7 +614,7 @@ async fn run_meta_client(
         },
     )
     .expect("client");
-    let mut rng = Rng(seed ^ client_idx.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = Rng::new(seed ^ client_idx.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut stats = ClientStats::default();
     let client_id = ClientId(client_idx);
     let mut n_writes = 0u64;
@@ -775,7 +771,7 @@ async fn run_nemesis(
         client_options(Duration::from_millis(300), Duration::from_millis(600)),
     )
     .expect("client");
-    let mut rng = Rng(seed ^ 0x6e65_6d65_7369_7321);
+    let mut rng = Rng::new(seed ^ 0x6e65_6d65_7369_7321);
     let mut stats = NemesisStats::default();
     // (member idx, fault, when it heals)
     let mut faults: Vec<(usize, Fault, Instant)> = Vec::new();
@@ -1209,6 +1205,29 @@ fn run_scenario(options: ScenarioOptions) {
     });
 }
 
+/// A fault every 1–2 s, at most one member down, then everyone crashed at the fifth fault.
+fn one_member_down() -> NemesisOptions {
+    NemesisOptions {
+        n_down_max: 1,
+        fault_interval_ms: (1_000, 2_000),
+        kill_downtime_ms: (200, 1_000),
+        pause_ms: (700, 1_300),
+        crash_all_at_fault_idx: Some(4),
+    }
+}
+
+/// As [`one_member_down`], with up to two members down at once.
+fn two_members_down() -> NemesisOptions {
+    NemesisOptions {
+        n_down_max: 2,
+        fault_interval_ms: (1_000, 2_000),
+        // Often longer than the interval, so two members are down together.
+        kill_downtime_ms: (300, 3_000),
+        pause_ms: (700, 1_500),
+        crash_all_at_fault_idx: Some(4),
+    }
+}
+
 #[test]
 fn process_cluster_3_nodes_kill_leader_under_load_is_linearizable() {
     // Goal: a 3-process cluster whose leader is SIGKILLed (or frozen) every ~1.5 s under six
@@ -1220,13 +1239,7 @@ fn process_cluster_3_nodes_kill_leader_under_load_is_linearizable() {
         n_keys: 4,
         // Small, so snapshots, log compaction and InstallSnapshot to restarted members happen.
         snapshot_interval_entries: 500,
-        nemesis: NemesisOptions {
-            n_down_max: 1,
-            fault_interval_ms: (1_000, 2_000),
-            kill_downtime_ms: (200, 1_000),
-            pause_ms: (700, 1_300),
-            crash_all_at_fault_idx: Some(4),
-        },
+        nemesis: one_member_down(),
         clients: ClientKind::RaftRaw,
     });
 }
@@ -1241,14 +1254,7 @@ fn process_cluster_5_nodes_random_kills_is_linearizable() {
         n_clients: 6,
         n_keys: 3,
         snapshot_interval_entries: 300,
-        nemesis: NemesisOptions {
-            n_down_max: 2,
-            fault_interval_ms: (1_000, 2_000),
-            // Often longer than the interval, so two members are down together.
-            kill_downtime_ms: (300, 3_000),
-            pause_ms: (700, 1_500),
-            crash_all_at_fault_idx: Some(4),
-        },
+        nemesis: two_members_down(),
         clients: ClientKind::RaftRaw,
     });
 }
@@ -1264,13 +1270,7 @@ fn process_kv_3_nodes_put_get_cas_under_kills_is_linearizable() {
         n_clients: 6,
         n_keys: 3,
         snapshot_interval_entries: 400,
-        nemesis: NemesisOptions {
-            n_down_max: 1,
-            fault_interval_ms: (1_000, 2_000),
-            kill_downtime_ms: (200, 1_000),
-            pause_ms: (700, 1_300),
-            crash_all_at_fault_idx: Some(4),
-        },
+        nemesis: one_member_down(),
         clients: ClientKind::Meta,
     });
 }
@@ -1284,13 +1284,7 @@ fn process_kv_5_nodes_put_get_cas_under_kills_is_linearizable() {
         n_clients: 6,
         n_keys: 3,
         snapshot_interval_entries: 300,
-        nemesis: NemesisOptions {
-            n_down_max: 2,
-            fault_interval_ms: (1_000, 2_000),
-            kill_downtime_ms: (300, 3_000),
-            pause_ms: (700, 1_500),
-            crash_all_at_fault_idx: Some(4),
-        },
+        nemesis: two_members_down(),
         clients: ClientKind::Meta,
     });
 }
