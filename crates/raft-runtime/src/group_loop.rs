@@ -346,7 +346,8 @@ impl<S: StateMachine> GroupLoop<S> {
             hard_state,
             snapshot_chunks,
             entries,
-            messages,
+            mut messages,
+            send_before_persist,
             snapshot_sends,
             snapshot_install,
             committed_entries,
@@ -361,6 +362,17 @@ impl<S: StateMachine> GroupLoop<S> {
             );
         }
 
+        for entry in &entries {
+            if let Some((id, address)) = added_member_address(entry) {
+                self.transport.set_address(id, address);
+            }
+        }
+        if send_before_persist {
+            // A leader's appends: its fsync overlaps the followers' (the core's rule 1
+            // exception), and nothing is fed to the core before it is done (rule 4).
+            self.send_messages(std::mem::take(&mut messages));
+        }
+
         // Rule 1: persist before sending. Snapshot chunks, then entries (one fsync for all of
         // them: group commit), then the hard state.
         for chunk in snapshot_chunks {
@@ -370,11 +382,6 @@ impl<S: StateMachine> GroupLoop<S> {
             self.storage.write_snapshot_chunk(chunk, &addresses)?;
         }
         if !entries.is_empty() {
-            for entry in &entries {
-                if let Some((id, address)) = added_member_address(entry) {
-                    self.transport.set_address(id, address);
-                }
-            }
             self.storage.append_entries(&entries)?;
             self.storage.sync()?;
             self.shared
@@ -386,10 +393,7 @@ impl<S: StateMachine> GroupLoop<S> {
         }
 
         // Only now may anything that depends on the above leave this node.
-        for message in messages {
-            self.transport
-                .send(codec::message_to_proto(self.group_id, message));
-        }
+        self.send_messages(messages);
         for send in snapshot_sends {
             self.send_snapshot_chunk(send);
         }
@@ -418,6 +422,13 @@ impl<S: StateMachine> GroupLoop<S> {
         }
         self.release_reads();
         Ok(())
+    }
+
+    fn send_messages(&self, messages: Vec<Message>) {
+        for message in messages {
+            self.transport
+                .send(codec::message_to_proto(self.group_id, message));
+        }
     }
 
     fn send_snapshot_chunk(&mut self, send: SnapshotSend) {

@@ -647,6 +647,14 @@ impl Sim {
                 None
             };
         let crash_here = |point: u64| crash_point == Some(point);
+        let mut messages = ready.messages;
+        if ready.send_before_persist {
+            // A leader's appends leave before its own entries are durable (rule 1's
+            // exception): a crash at any point below loses entries its followers hold.
+            for message in std::mem::take(&mut messages) {
+                self.send_raft(message);
+            }
+        }
         if crash_here(0) {
             return self.crash_in_ready(node_idx, "before persisting");
         }
@@ -700,11 +708,11 @@ impl Sim {
         }
         // Then send.
         let n_to_send = if crash_here(4) {
-            self.rng.range_inclusive(0, ready.messages.len() as u64) as usize
+            self.rng.range_inclusive(0, messages.len() as u64) as usize
         } else {
-            ready.messages.len()
+            messages.len()
         };
-        for message in ready.messages.into_iter().take(n_to_send) {
+        for message in messages.into_iter().take(n_to_send) {
             self.send_raft(message);
         }
         if crash_here(4) {

@@ -24,7 +24,10 @@
 //!    entries at or after `entries[0].index`) and fsync them, then `hard_state` (atomically and
 //!    durably; written after the entries because its commit index refers to them). Only then
 //!    send `messages` and `snapshot_sends`. A vote, an acknowledgement or a leader's own match
-//!    index that reached another node must never be forgotten by a crash.
+//!    index that reached another node must never be forgotten by a crash. The one exception:
+//!    when [`Ready::send_before_persist`] is set (a leader's appends), `messages` may be sent
+//!    first, so the leader's fsync overlaps its followers' (dissertation §10.2.1); the `Ready`
+//!    must still be durable before the next input (rule 4), which is what keeps it safe.
 //! 2. **Restore, then apply.** If `snapshot_install` is set, restore the state machine from that
 //!    snapshot; then apply `committed_entries` in order (ignoring `Noop` entries).
 //! 3. **Reads after apply.** Serve a [`ReadState`] only once the state machine has applied its

@@ -139,8 +139,15 @@ pub struct Ready {
     pub snapshot_chunks: Vec<SnapshotChunk>,
     /// Append to the log, first discarding every stored entry at or after `entries[0].index`.
     pub entries: Vec<Entry>,
-    /// Send after everything above is durable.
+    /// Send after everything above is durable, unless `send_before_persist`.
     pub messages: Vec<Message>,
+    /// True when `messages` may leave before `entries` are durable: a leader's appends vouch
+    /// for nothing this `Ready` persists, so it writes its log in parallel with its followers
+    /// (dissertation §10.2.1). Safe because the leader counts its own new entries at once but
+    /// learns of a follower's acknowledgement only from a later input, which the runtime feeds
+    /// only after this `Ready` is durable (rule 4): no commit can rest on an unsynced entry.
+    /// Never set when the commit index already covers `entries` (a single voter).
+    pub send_before_persist: bool,
     /// Snapshot chunks to read and send (leader side), also after persisting.
     pub snapshot_sends: Vec<SnapshotSend>,
     /// Set when a snapshot was installed: restore the state machine from it before applying.
@@ -730,11 +737,21 @@ impl Raft {
             self.persisted_hard_state = hs;
             hs
         });
+        let entries = self.log.take_unstable();
+        // A commit index that covers this Ready's own entries (a leader that is a quorum by
+        // itself) rests on them being durable, and the messages carry it.
+        let send_before_persist = self.role == Role::Leader
+            && hard_state.is_none()
+            && self.snapshot_chunks.is_empty()
+            && entries
+                .first()
+                .is_none_or(|first| first.index > self.log.committed);
         let ready = Ready {
             soft_state: (soft_state != self.last_soft_state).then_some(soft_state),
             hard_state,
+            send_before_persist,
             snapshot_chunks: std::mem::take(&mut self.snapshot_chunks),
-            entries: self.log.take_unstable(),
+            entries,
             messages: std::mem::take(&mut self.messages),
             snapshot_sends: std::mem::take(&mut self.snapshot_sends),
             snapshot_install: self.snapshot_install.take(),
@@ -1026,8 +1043,9 @@ impl Raft {
         if let Some(pr) = self.progress.get_mut(&self.id) {
             pr.update_match(index);
         }
-        // Entries reach stable storage before any message of this Ready is sent, so the
-        // leader may count itself at once (crate contract rule 1).
+        // Entries reach stable storage before the runtime feeds the next input (crate contract
+        // rule 4), and a follower's acknowledgement is such an input: the leader may count
+        // itself at once even though its appends may leave first (`send_before_persist`).
         self.maybe_commit();
         index
     }

@@ -875,3 +875,59 @@ fn learner_catches_up_then_is_promoted_and_counts_for_commit() {
     deliver_all(&mut two);
     assert!(two[0].commit_index() < index);
 }
+
+#[test]
+fn leader_appends_may_leave_before_persisting_unless_the_commit_rests_on_them() {
+    // Goal: §10.2.1 is used only where it is safe: a leader's appends are marked sendable before
+    // its fsync, a follower's acknowledgement and a candidate's vote request never are, and a
+    // single voter (whose commit index covers its own new entries) persists first.
+    let mut nodes = three_with_leader();
+    nodes[0].propose(b"x".to_vec()).expect("leader");
+    let ready = nodes[0].take_ready();
+    assert_eq!(ready.entries.len(), 1);
+    assert!(
+        !bodies_to(&ready, 2).is_empty(),
+        "the entry goes to the followers"
+    );
+    assert!(ready.send_before_persist, "a leader's appends overlap its fsync");
+    for m in ready.messages {
+        if m.to == NodeId(2) {
+            nodes[1].step(m);
+        }
+    }
+    let ack = nodes[1].take_ready();
+    assert_eq!(ack.entries.len(), 1);
+    assert!(!ack.messages.is_empty());
+    assert!(
+        !ack.send_before_persist,
+        "a follower acknowledges only what is durable"
+    );
+
+    let mut voter = node(3, &[1, 2, 3]);
+    voter.step(msg(
+        2,
+        3,
+        5,
+        MessageBody::RequestVote {
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+            leadership_transfer: false,
+        },
+    ));
+    let ready = voter.take_ready();
+    assert!(ready.hard_state.is_some_and(|hs| hs.vote == Some(NodeId(2))));
+    assert!(!ready.send_before_persist, "a vote is granted only once durable");
+
+    let mut single = node(1, &[1]);
+    single.campaign();
+    let _ = single.take_ready();
+    single.propose(b"y".to_vec()).expect("leader");
+    let ready = single.take_ready();
+    assert_eq!(single.role(), Role::Leader);
+    assert_eq!(ready.entries.len(), 1);
+    assert!(single.commit_index() >= ready.entries[0].index, "commits at once");
+    assert!(
+        !ready.send_before_persist,
+        "the commit index rests on these entries"
+    );
+}
