@@ -51,6 +51,9 @@ pub struct Checker {
     log_entries: HashMap<(LogIndex, Term), (u64, Option<Term>)>,
     /// Entries known committed (by any node's commit index), by index.
     committed: Vec<Option<EntryDigest>>,
+    /// For each index in `committed`: the term of the node that first saw it committed (the
+    /// committing leader's term, or later), `None` when first seen applied.
+    committed_in_term: Vec<Option<Term>>,
     /// Entries applied by any node, by index.
     applied: Vec<Option<EntryDigest>>,
     /// Digest of the state machine's snapshot bytes at each index a snapshot was taken.
@@ -65,6 +68,7 @@ impl Checker {
             leader_of_term: BTreeMap::new(),
             log_entries: HashMap::new(),
             committed: vec![None],
+            committed_in_term: vec![None],
             applied: vec![None],
             snapshot_digests: HashMap::new(),
             n_checks: 0,
@@ -125,7 +129,9 @@ impl Checker {
 
     /// §5.4 Leader Completeness: if an entry is committed in a given term, it is present in
     /// the logs of the leaders of all higher-numbered terms. Checked when a leader is first
-    /// seen, against every entry any node has seen committed so far.
+    /// seen, against every entry seen committed so far in a lower term. (A leader of a lower
+    /// term may appear late: a vote granted before the voter moved on can arrive after a
+    /// higher term committed entries, and that leader need not hold them.)
     fn check_leader_completeness(&self, now_ms: u64, raft: &Raft) {
         let snapshot_index = raft.first_index().prev();
         for idx in snapshot_index.0.max(1)..self.committed.len() as u64 {
@@ -133,6 +139,9 @@ impl Checker {
             let Some(digest) = self.committed[idx as usize] else {
                 continue;
             };
+            if self.committed_in_term[idx as usize].is_none_or(|term| term >= raft.term()) {
+                continue;
+            }
             let held = if index == snapshot_index {
                 raft.term_at(index) == Some(digest.term)
             } else {
@@ -228,7 +237,8 @@ impl Checker {
                 }
                 continue;
             };
-            self.record_committed(now_ms, raft.id(), index, EntryDigest::of(entry), "committed");
+            let digest = EntryDigest::of(entry);
+            self.record_committed(now_ms, raft.id(), index, digest, Some(raft.term()), "committed");
         }
     }
 
@@ -238,15 +248,20 @@ impl Checker {
         node: NodeId,
         index: LogIndex,
         digest: EntryDigest,
+        in_term: Option<Term>,
         verb: &str,
     ) {
         self.n_checks += 1;
         let idx = index.0 as usize;
         if self.committed.len() <= idx {
             self.committed.resize(idx + 1, None);
+            self.committed_in_term.resize(idx + 1, None);
         }
         match self.committed[idx] {
-            None => self.committed[idx] = Some(digest),
+            None => {
+                self.committed[idx] = Some(digest);
+                self.committed_in_term[idx] = in_term;
+            }
             // §5.4.3 State Machine Safety: if a server has applied a log entry at a given index
             // to its state machine, no other server will ever apply a different log entry for
             // the same index. Committed entries are what gets applied, so they must agree too.
@@ -283,7 +298,7 @@ impl Checker {
             ),
             Some(_) => {}
         }
-        self.record_committed(now_ms, node, entry.index, digest, "applied");
+        self.record_committed(now_ms, node, entry.index, digest, None, "applied");
     }
 
     /// A snapshot of the state machine at `meta.index` has bytes with digest `data_hash`

@@ -37,6 +37,9 @@ pub(crate) struct Progress {
     /// The last heartbeat round sent and the last index sent before it: a response to that
     /// round showing a shorter log means appends sent before the heartbeat were lost.
     pub heartbeat_sent: Option<(u64, LogIndex)>,
+    /// The highest commit index this follower was told that it can use (a message's commit
+    /// capped at the last index the follower is known to hold with it).
+    pub commit_sent: LogIndex,
     /// The snapshot being streamed in the Snapshot state. A transfer under way finishes with
     /// the snapshot it started with even if a newer one appears (the runtime keeps it
     /// readable), so frequent compaction cannot starve a slow transfer.
@@ -54,6 +57,7 @@ impl Progress {
             recent_active: false,
             read_round_acked: 0,
             heartbeat_sent: None,
+            commit_sent: LogIndex::ZERO,
             snapshot_meta: None,
         }
     }

@@ -798,8 +798,34 @@ impl Raft {
             .copied()
             .filter(|id| *id != self.id)
             .collect();
+        for peer in &peers {
+            self.send_appends(*peer);
+        }
+        self.send_commit_notices(&peers);
+    }
+
+    /// Tells each follower of a commit advance it can use and that no append of this flush
+    /// carried (etcd's bcastAppend after maybeCommit): otherwise a follower learns it only
+    /// with the next proposal or heartbeat, and watchers and serializable reads served there
+    /// lag by up to a heartbeat interval. The notice is a heartbeat of the current read round
+    /// (sent after that round began, so its acknowledgement confirms the round too).
+    fn send_commit_notices(&mut self, peers: &[NodeId]) {
+        let committed = self.log.committed;
+        let read_round = self.read_round;
         for peer in peers {
-            self.send_appends(peer);
+            let Some(pr) = self.progress.get_mut(peer) else {
+                continue;
+            };
+            if pr.state != ProgressState::Replicate {
+                // A probe or a snapshot transfer under way carries the commit when it lands.
+                continue;
+            }
+            let commit = pr.match_index.min(committed);
+            if commit <= pr.commit_sent {
+                continue;
+            }
+            pr.commit_sent = commit;
+            self.send(*peer, MessageBody::Heartbeat { commit, read_round });
         }
     }
 
@@ -1151,6 +1177,10 @@ impl Raft {
         let leader_commit = self.log.committed;
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent(last);
+            // Figure 2: the follower commits up to the last entry this message vouches for.
+            pr.commit_sent = pr
+                .commit_sent
+                .max(leader_commit.min(last.unwrap_or(prev_log_index)));
         }
         self.send(
             to,
@@ -1398,7 +1428,9 @@ impl Raft {
             .filter(|(id, _)| **id != self.id)
             .map(|(id, pr)| {
                 pr.heartbeat_sent = Some((round, pr.next_index.prev()));
-                (*id, pr.match_index.min(committed))
+                let commit = pr.match_index.min(committed);
+                pr.commit_sent = pr.commit_sent.max(commit);
+                (*id, commit)
             })
             .collect();
         for (peer, commit) in peers {

@@ -931,3 +931,53 @@ fn leader_appends_may_leave_before_persisting_unless_the_commit_rests_on_them() 
         "the commit index rests on these entries"
     );
 }
+
+#[test]
+fn followers_hear_of_a_commit_at_once_not_at_the_next_heartbeat() {
+    // Goal: when acknowledgements advance the leader's commit index and no append is going out
+    // to carry it, the leader tells the followers in the same round (no tick needed), so reads
+    // and watches served by a follower do not lag by a heartbeat interval.
+    let mut nodes = three_with_leader();
+    let (_, index) = nodes[0].propose(b"x".to_vec()).expect("leader");
+    let ready = nodes[0].take_ready();
+    for m in ready.messages {
+        let to = m.to.0 as usize - 1;
+        nodes[to].step(m);
+    }
+    let mut acks = Vec::new();
+    for follower in &mut nodes[1..] {
+        let ready = follower.take_ready();
+        assert!(follower.commit_index() < index, "not committed before the acks");
+        acks.extend(ready.messages);
+    }
+    for ack in acks {
+        nodes[0].step(ack);
+    }
+    assert_eq!(nodes[0].commit_index(), index);
+    let ready = nodes[0].take_ready();
+    for to in [2, 3] {
+        let commits: Vec<LogIndex> = bodies_to(&ready, to)
+            .into_iter()
+            .filter_map(|body| match body {
+                MessageBody::Heartbeat { commit, .. } => Some(commit),
+                MessageBody::AppendEntries { leader_commit, .. } => Some(leader_commit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            commits,
+            vec![index],
+            "node {to} is told the new commit index once"
+        );
+    }
+    for m in ready.messages {
+        let to = m.to.0 as usize - 1;
+        nodes[to].step(m);
+    }
+    for follower in &nodes[1..] {
+        assert_eq!(follower.commit_index(), index);
+    }
+    // Told once: with nothing new, the next round sends no notice.
+    deliver_all(&mut nodes);
+    assert!(nodes[0].take_ready().messages.is_empty());
+}
