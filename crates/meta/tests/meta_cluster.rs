@@ -525,6 +525,65 @@ async fn a_lease_keeps_its_remaining_time_across_a_leader_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiries_are_rate_limited() {
+    // Goal: leases that run out together (an expiry storm after an outage) are expired at most
+    // `lease_expiries_per_second_max` per second: 60 leases at 20/s take at least three
+    // one-second windows, the first no earlier than the leases' TTL (2 s, the least allowed).
+    const PER_SECOND: usize = 20;
+    const N_LEASES: usize = 60;
+    let options = ServerOptions {
+        lease_expiries_per_second_max: PER_SECOND,
+        ..ServerOptions::default()
+    };
+    let cluster = Cluster::start(3, options).await;
+    let client = cluster.client();
+    let mut watcher = client
+        .watch(proto::WatchRequest {
+            key: b"storm/".to_vec(),
+            range_end: prefix_end(b"storm/"),
+            no_put: true,
+            ..Default::default()
+        })
+        .await
+        .expect("watch");
+    let started = Instant::now();
+    for i in 0..N_LEASES {
+        let lease = client.lease_grant(2).await.expect("grant").id;
+        client
+            .put_with(proto::PutRequest {
+                key: format!("storm/{i}").into_bytes(),
+                value: b"x".to_vec(),
+                lease,
+                ..Default::default()
+            })
+            .await
+            .expect("put");
+    }
+    let mut deletes_by_revision: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut n_deletes = 0;
+    while n_deletes < N_LEASES {
+        let response = tokio::time::timeout(WAIT, watcher.next())
+            .await
+            .expect("the leases expire")
+            .expect("watch stream");
+        for event in response.events {
+            assert_eq!(event.r#type, EventType::Delete as i32);
+            let revision = event.kv.expect("kv").mod_revision;
+            *deletes_by_revision.entry(revision).or_default() += 1;
+            n_deletes += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2 + 2),
+        "{N_LEASES} leases expired within {elapsed:?} at {PER_SECOND}/s"
+    );
+    for (revision, n) in deletes_by_revision {
+        assert!(n <= PER_SECOND, "{n} leases expired at revision {revision}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_is_exclusive_and_fencing_tokens_grow() {
     // Goal: contenders never hold the lock at once, and each new holder's fencing token is
     // larger than every earlier holder's.

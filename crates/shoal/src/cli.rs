@@ -129,6 +129,12 @@ pub struct ServerArgs {
     /// How often the leader compares the members' state hashes (divergence detection).
     #[arg(long, value_parser = parse_duration, default_value = "1m")]
     pub hash_check_interval: Duration,
+    /// Leases the leader expires per second at most: when many leases run out together (after
+    /// an outage, or when many clients go at once) their expiry is spread out instead of
+    /// flooding the log.
+    #[arg(long, default_value_t = shoal_meta::limits::LEASE_EXPIRIES_PER_SECOND_MAX as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_expiries_per_second: u64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -171,6 +171,7 @@ fn server_options(args: &ServerArgs) -> ServerOptions {
         auto_compaction_period: (!args.auto_compaction_period.is_zero())
             .then_some(args.auto_compaction_period),
         hash_check_interval: args.hash_check_interval,
+        lease_expiries_per_second_max: usize::try_from(args.lease_expiries_per_second).unwrap_or(usize::MAX),
         ..ServerOptions::default()
     }
 }

@@ -10,7 +10,8 @@
 //!    TTL), so clients have time to find it: a failover neither resets leases nor expires
 //!    them in a storm.
 //! 3. Expiries are proposed with the leader's term (void if a newer leader exists), at most
-//!    [`LEASE_EXPIRIES_PER_SECOND_MAX`] per second.
+//!    `ServerOptions::lease_expiries_per_second_max` per second (default
+//!    [`LEASE_EXPIRIES_PER_SECOND_MAX`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -202,15 +203,19 @@ impl LeaderDuties {
     }
 
     async fn expire_leases(&mut self, server: &MetaServer, term: Term, now: Instant) {
+        let per_second_max = server.inner.options.lease_expiries_per_second_max.max(1);
         let budget = match self.expiries_this_second {
             (Some(start), n) if now.duration_since(start) < Duration::from_secs(1) => {
-                LEASE_EXPIRIES_PER_SECOND_MAX.saturating_sub(n)
+                per_second_max.saturating_sub(n)
             }
             _ => {
                 self.expiries_this_second = (Some(now), 0);
-                LEASE_EXPIRIES_PER_SECOND_MAX
+                per_second_max
             }
         };
+        if budget == 0 {
+            return;
+        }
         let ids: Vec<i64> = {
             let mut clock = lock(&server.inner.leases);
             let mut due: Vec<(Instant, i64)> = clock

@@ -51,6 +51,9 @@ pub struct ServerOptions {
     /// A watcher that leaves its buffer full this long is cut off. Default
     /// [`WATCH_SEND_STALL_MAX`].
     pub watch_stall_max: Duration,
+    /// Leases the leader expires per second at most. Default
+    /// [`LEASE_EXPIRIES_PER_SECOND_MAX`](crate::limits::LEASE_EXPIRIES_PER_SECOND_MAX).
+    pub lease_expiries_per_second_max: usize,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
             lease_checkpoint_interval: Duration::from_secs(2),
             hash_check_interval: Duration::from_secs(60),
             watch_stall_max: WATCH_SEND_STALL_MAX,
+            lease_expiries_per_second_max: crate::limits::LEASE_EXPIRIES_PER_SECOND_MAX,
         }
     }
 }
