@@ -46,6 +46,30 @@ pub(crate) struct StoredSnapshot {
     pub data_len: u64,
 }
 
+/// A snapshot file being written: the state machine's data goes in, then it becomes durable.
+pub(crate) struct PendingSnapshot {
+    meta: SnapshotMeta,
+    writer: SnapshotWriter,
+}
+
+impl PendingSnapshot {
+    /// Writes `state_machine`'s data and makes the file durable (renamed into place, fsynced).
+    pub fn write<S: StateMachine>(mut self, state_machine: &S) -> Result<StoredSnapshot> {
+        let index = self.meta.index;
+        state_machine
+            .snapshot(&mut self.writer)
+            .map_err(|e| Error::StateMachine(format!("writing snapshot {index}: {e}")))?;
+        let info = self
+            .writer
+            .finish()
+            .map_err(|e| storage_error(format!("finishing snapshot {index}"), e))?;
+        Ok(StoredSnapshot {
+            meta: self.meta,
+            data_len: info.data_len,
+        })
+    }
+}
+
 pub(crate) struct GroupStorage {
     dir: PathBuf,
     wal: Wal,
@@ -306,30 +330,48 @@ impl GroupStorage {
             .map_err(|e| Error::StateMachine(format!("restoring snapshot {index}: {e}")))
     }
 
-    /// Takes a durable snapshot of `state_machine` at `meta.index` and drops the WAL prefix it
-    /// covers (contract rule 5: durable first, then the caller compacts the core's log).
+    /// Takes a durable snapshot of `state_machine` at `meta.index` on this thread (tests; the
+    /// group's loop writes snapshots on their own thread).
+    #[cfg(test)]
     pub fn save_snapshot<S: StateMachine>(
         &mut self,
         meta: &SnapshotMeta,
         addresses: &BTreeMap<NodeId, String>,
         state_machine: &S,
     ) -> Result<()> {
+        let stored = self.begin_snapshot(meta, addresses)?.write(state_machine)?;
+        self.snapshot_saved(stored);
+        Ok(())
+    }
+
+    /// Starts a snapshot at `meta` whose data [`PendingSnapshot::write`] then writes, on any
+    /// thread, before [`GroupStorage::snapshot_saved`] records it.
+    pub fn begin_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        addresses: &BTreeMap<NodeId, String>,
+    ) -> Result<PendingSnapshot> {
         let record = codec::encode_snapshot_record(meta, addresses);
-        let mut writer = self
+        let writer = self
             .snapshots
             .begin(meta.index.0, &record)
             .map_err(|e| storage_error(format!("starting snapshot {}", meta.index), e))?;
-        state_machine
-            .snapshot(&mut writer)
-            .map_err(|e| Error::StateMachine(format!("writing snapshot {}: {e}", meta.index)))?;
-        let info = writer
-            .finish()
-            .map_err(|e| storage_error(format!("finishing snapshot {}", meta.index), e))?;
-        self.latest = Some(StoredSnapshot {
+        Ok(PendingSnapshot {
             meta: meta.clone(),
-            data_len: info.data_len,
-        });
-        Ok(())
+            writer,
+        })
+    }
+
+    /// Records a snapshot written by [`PendingSnapshot::write`] as the latest, unless a newer
+    /// one (installed from the leader meanwhile) already is.
+    pub fn snapshot_saved(&mut self, stored: StoredSnapshot) {
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|latest| latest.meta.index < stored.meta.index)
+        {
+            self.latest = Some(stored);
+        }
     }
 
     /// Drops WAL entries up to and including `upto` (after the core compacted its log).

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_raft::{LogIndex, NodeId, ProposeError, Role};
@@ -590,4 +592,121 @@ async fn pending_proposal_fails_when_leadership_is_lost() {
         .await
         .expect("the old leader publishes its step-down");
     cluster.shutdown().await;
+}
+
+/// A [`KvStateMachine`] whose snapshots take as long as a large state's would.
+struct SlowSnapshots {
+    kv: KvStateMachine,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl shoal_raft_runtime::StateMachine for SlowSnapshots {
+    fn apply(&mut self, index: LogIndex, command: &[u8]) -> Vec<u8> {
+        self.kv.apply(index, command)
+    }
+
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)));
+        self.kv.snapshot(out)
+    }
+
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.kv.restore(input)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_snapshot_neither_costs_leadership_nor_stops_writes_for_good() {
+    // Goal: a snapshot that takes longer than an election timeout (a large state) does not
+    // stop the leader's heartbeats: the term stays the same through several snapshots, writes
+    // proposed during one complete when it ends, and every member ends with the same state.
+    // Only the leader's snapshots are slow: were the followers frozen as long, they could not
+    // time out either.
+    init_tracing();
+    let delay = Duration::from_millis(1500);
+    let mut listeners = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
+    for id in 1..=3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addresses.insert(NodeId(id), listener.local_addr().expect("address").to_string());
+        listeners.insert(NodeId(id), listener);
+    }
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut groups = BTreeMap::new();
+    let mut delays = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for (id, listener) in listeners {
+        let node = RaftNode::new(NodeOptions::new(id, addresses.clone())).expect("node");
+        let mut config = GroupConfig::new(
+            GROUP,
+            root.path().join(format!("node-{id}")),
+            addresses.keys().copied(),
+        );
+        config.snapshot_interval_entries = 20;
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        delays.insert(id, delay_ms.clone());
+        let machine = SlowSnapshots {
+            kv: KvStateMachine::new(),
+            delay_ms,
+        };
+        groups.insert(id, node.start_group(config, machine).expect("group starts"));
+        let serving = node.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        nodes.push(node);
+    }
+    let deadline = Instant::now() + WAIT;
+    let (leader, term) = loop {
+        if let Some((id, group)) = groups.iter().find(|(_, g)| g.state().role == Role::Leader) {
+            break (*id, group.state().term);
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    delays[&leader].store(delay.as_millis() as u64, Ordering::Relaxed);
+    let started = Instant::now();
+    for i in 0..70 {
+        let proposed = Instant::now();
+        groups[&leader]
+            .propose(put(&format!("k{i}"), "v"))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} failed (a snapshot cost the leadership?): {e}"));
+        assert!(
+            proposed.elapsed() < delay + Duration::from_secs(1),
+            "write {i} waited {:?}",
+            proposed.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() >= delay * 2,
+        "70 writes cross at least two snapshots of 1.5 s each: took {:?}",
+        started.elapsed()
+    );
+    for (id, group) in &groups {
+        assert_eq!(group.state().term, term, "node {id} saw an election");
+        assert!(
+            group.state().snapshot_index.0 >= 40,
+            "node {id} took its snapshots"
+        );
+    }
+    // Every member converges on the same 70 keys (the followers apply the last entries a
+    // moment after the leader answered).
+    let deadline = Instant::now() + WAIT;
+    for (id, group) in &groups {
+        loop {
+            let n_keys = group.read_local(|m| m.kv.len()).await.expect("local read");
+            if n_keys == 70 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} holds {n_keys} keys, not 70");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let leader_kv = groups[&leader].read_local(|m| m.kv.clone()).await.expect("read");
+    for (id, group) in &groups {
+        let kv = group.read_local(|m| m.kv.clone()).await.expect("read");
+        assert_eq!(kv, leader_kv, "node {id} differs from the leader");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
