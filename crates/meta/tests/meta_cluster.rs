@@ -801,8 +801,9 @@ async fn the_quota_refuses_writes_until_space_is_freed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_snapshot_holds_the_same_state() {
-    // Goal: `snapshot save` streams a checked copy whose restored state hashes like the
-    // member's at the same revision.
+    // Goal: `snapshot save` streams a checked copy (several chunks: over 1 MiB) whose restored
+    // state hashes like the member's at the same revision; saving again with no write
+    // between gives the same revision.
     let cluster = Cluster::start(3, ServerOptions::default()).await;
     let client = cluster.client();
     for i in 0..50 {
@@ -811,9 +812,19 @@ async fn a_saved_snapshot_holds_the_same_state() {
             .await
             .unwrap();
     }
+    for i in 0..30 {
+        client
+            .put(format!("big/{i}"), "x".repeat(100 * 1024))
+            .await
+            .unwrap();
+    }
     let mut bytes = Vec::new();
     let (n_bytes, revision) = client.snapshot(&mut bytes).await.unwrap();
     assert_eq!(n_bytes as usize, bytes.len());
+    assert!(n_bytes > 2 * 1024 * 1024, "{n_bytes} bytes");
+    let mut again = Vec::new();
+    let (_, revision_again) = client.snapshot(&mut again).await.unwrap();
+    assert_eq!(revision_again, revision);
     let mut restored = MetaStore::new();
     shoal_raft_runtime::StateMachine::restore(&mut restored, &mut bytes.as_slice()).unwrap();
     assert_eq!(restored.revision(), revision);

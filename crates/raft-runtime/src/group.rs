@@ -9,12 +9,13 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_raft::{ConfigChange, LogIndex, Membership, Message, NodeId, Role, Term};
+use shoal_raft::{ConfigChange, LogIndex, Membership, Message, NodeId, Role, SnapshotMeta, Term};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::MembershipChange;
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
+use crate::storage::SnapshotData;
 use crate::transport::{lock, Transport};
 use crate::GROUP_REQUESTS_QUEUED_MAX;
 
@@ -99,6 +100,8 @@ pub(crate) enum Input {
         target: NodeId,
         reply: Reply<()>,
     },
+    /// Take a snapshot now (or join the one being written) and open its data.
+    Snapshot(Reply<(SnapshotMeta, SnapshotData)>),
     Campaign,
     Stop,
 }
@@ -248,6 +251,13 @@ impl GroupHandle {
         self.call(|reply| Input::TransferLeader { target, reply }).await
     }
 
+    /// Waits as long as the snapshot takes: a large state takes seconds to write.
+    pub async fn snapshot_now(&self) -> Result<(SnapshotMeta, SnapshotData)> {
+        let (reply, receiver) = oneshot::channel();
+        self.submit(Input::Snapshot(reply))?;
+        receiver.await.unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
     pub fn campaign(&self) -> Result<()> {
         self.submit(Input::Campaign)
     }
@@ -344,6 +354,15 @@ impl<S: StateMachine> RaftGroup<S> {
     /// Hands leadership to `target` (§3.10) and waits until this node sees it leading.
     pub async fn transfer_leader(&self, target: NodeId) -> Result<()> {
         self.handle.transfer_leader(target).await
+    }
+
+    /// Takes a durable snapshot of the state machine at its applied index now (or joins the
+    /// one being written), and returns its metadata and a reader of its data: what
+    /// [`StateMachine::snapshot`] wrote, checked against its CRC when read to the end. The
+    /// snapshot is written on its own thread like the periodic ones (the group keeps
+    /// replicating meanwhile), never buffered in memory; it also resets the periodic cadence.
+    pub async fn snapshot_now(&self) -> Result<(SnapshotMeta, SnapshotData)> {
+        self.handle.snapshot_now().await
     }
 
     /// Proposes a membership change and waits until it applied here; returns its log index

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::group::{Applied, GroupShared, GroupState, GroupStatus, Input, PeerProgress, ReadFn, Reply};
 use crate::proto;
 use crate::state_machine::StateMachine;
-use crate::storage::{added_member_address, GroupStorage, StoredSnapshot};
+use crate::storage::{added_member_address, GroupStorage, SnapshotData, StoredSnapshot};
 use crate::transport::{lock, Transport};
 use crate::{
     BATCH_INPUTS_MAX, PENDING_READS_MAX, READY_ROUNDS_MAX, SNAPSHOT_CHUNK_BYTES_MAX, TICKS_CATCH_UP_MAX,
@@ -71,6 +71,8 @@ pub(crate) struct GroupLoop<S: StateMachine> {
     deferred_applies: VecDeque<Entry>,
     /// Local reads waiting for the same.
     deferred_local_reads: Vec<ReadFn>,
+    /// Callers of `snapshot_now`, answered when the next snapshot is durable.
+    snapshot_waiters: Vec<Reply<(SnapshotMeta, SnapshotData)>>,
     transport: Arc<Transport>,
     shared: Arc<GroupShared>,
     shutdown: CancellationToken,
@@ -131,6 +133,7 @@ impl<S: StateMachine> GroupLoop<S> {
             snapshot_job: None,
             deferred_applies: VecDeque::new(),
             deferred_local_reads: Vec::new(),
+            snapshot_waiters: Vec::new(),
             transport,
             shared,
             shutdown,
@@ -301,6 +304,7 @@ impl<S: StateMachine> GroupLoop<S> {
                     let _ = reply.send(Err(self.refusal(error)));
                 }
             },
+            Input::Snapshot(reply) => self.snapshot_waiters.push(reply),
             Input::Campaign => self.raft.campaign(),
             Input::Stop => self.stop_requested = true,
         }
@@ -674,10 +678,18 @@ impl<S: StateMachine> GroupLoop<S> {
             .storage
             .latest_snapshot()
             .map_or(LogIndex::ZERO, |s| s.meta.index);
-        if self.applied.0 < snapshot_index.0 + self.snapshot_interval_entries {
+        if !self.snapshot_waiters.is_empty() && self.applied <= snapshot_index {
+            // The latest snapshot is the current state.
+            self.answer_snapshot_waiters(snapshot_index);
+            return Ok(());
+        }
+        if self.applied.0 < snapshot_index.0 + self.snapshot_interval_entries
+            && self.snapshot_waiters.is_empty()
+        {
             return Ok(());
         }
         let Some(meta) = self.raft.snapshot_meta(self.applied) else {
+            // Nothing applied yet: waiters are answered once something is.
             return Ok(());
         };
         let addresses = self.member_addresses(&meta.membership);
@@ -715,7 +727,15 @@ impl<S: StateMachine> GroupLoop<S> {
             Err(_) => return Err(Error::Fatal("the snapshot thread panicked".into())),
         };
         self.state_machine = Some(state_machine);
-        let stored = result?;
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(error) => {
+                for waiter in self.snapshot_waiters.drain(..) {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+                return Err(error);
+            }
+        };
         tracing::info!(
             index = job.index.0,
             elapsed_ms = job.started.elapsed().as_millis() as u64,
@@ -731,9 +751,29 @@ impl<S: StateMachine> GroupLoop<S> {
         {
             self.pending_compaction = Some(meta);
         }
+        if let Some(latest) = self.storage.latest_snapshot() {
+            let index = latest.meta.index;
+            self.answer_snapshot_waiters(index);
+        }
         self.apply_deferred();
         self.release_reads();
         Ok(())
+    }
+
+    /// Answers `snapshot_now` callers with the durable snapshot at `index`.
+    fn answer_snapshot_waiters(&mut self, index: LogIndex) {
+        let Some(meta) = self
+            .storage
+            .latest_snapshot()
+            .filter(|latest| latest.meta.index == index)
+            .map(|latest| latest.meta.clone())
+        else {
+            return;
+        };
+        for waiter in self.snapshot_waiters.drain(..) {
+            let data = self.storage.open_snapshot_data(index);
+            let _ = waiter.send(data.map(|data| (meta.clone(), data)));
+        }
     }
 
     /// The core drops every entry up to the snapshot when it compacts, so a follower only a
@@ -844,6 +884,9 @@ impl<S: StateMachine> GroupLoop<S> {
         }
         for read in std::mem::take(&mut self.deferred_local_reads) {
             read(Err(reason.clone()));
+        }
+        for waiter in std::mem::take(&mut self.snapshot_waiters) {
+            let _ = waiter.send(Err(reason.clone()));
         }
         self.n_reads = 0;
         if let Some(transfer) = self.transfer.take() {

@@ -131,7 +131,7 @@ pub use error::{Error, Result};
 pub use group::{GroupState, GroupStatus, PeerProgress, RaftGroup};
 pub use node::RaftNode;
 pub use state_machine::{KvCommand, KvStateMachine, StateMachine, KV_KEY_BYTES_MAX};
-pub use storage::seed_group_from_snapshot;
+pub use storage::{seed_group_from_snapshot, SnapshotData};
 pub use transport::TransportMetrics;
 
 // ----- defaults -----

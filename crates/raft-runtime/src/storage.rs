@@ -46,6 +46,31 @@ pub(crate) struct StoredSnapshot {
     pub data_len: u64,
 }
 
+/// The data part of a durable snapshot (what [`StateMachine::snapshot`] wrote), read from its
+/// file; reading to the end fails with [`std::io::ErrorKind::InvalidData`] if the CRC does not
+/// match. The file stays readable while this is open, even if a newer snapshot replaces it.
+pub struct SnapshotData {
+    reader: wal::SnapshotReader,
+    len: u64,
+}
+
+impl SnapshotData {
+    /// Length of the data in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::io::Read for SnapshotData {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
 /// A snapshot file being written: the state machine's data goes in, then it becomes durable.
 pub(crate) struct PendingSnapshot {
     meta: SnapshotMeta,
@@ -328,6 +353,18 @@ impl GroupStorage {
         state_machine
             .restore(&mut reader)
             .map_err(|e| Error::StateMachine(format!("restoring snapshot {index}: {e}")))
+    }
+
+    /// Opens the data of the durable snapshot at `index`.
+    pub fn open_snapshot_data(&self, index: LogIndex) -> Result<SnapshotData> {
+        let reader = self
+            .snapshots
+            .open_reader(index.0)
+            .map_err(|e| storage_error(format!("opening snapshot {index}"), e))?;
+        Ok(SnapshotData {
+            len: reader.data_len(),
+            reader,
+        })
     }
 
     /// Takes a durable snapshot of `state_machine` at `meta.index` on this thread (tests; the

@@ -706,6 +706,12 @@ async fn a_slow_snapshot_neither_costs_leadership_nor_stops_writes_for_good() {
         let kv = group.read_local(|m| m.kv.clone()).await.expect("read");
         assert_eq!(kv, leader_kv, "node {id} differs from the leader");
     }
+    // A snapshot on demand (what `cluster snapshot save` streams) holds the same state.
+    let (meta, mut data) = groups[&leader].snapshot_now().await.expect("snapshot now");
+    assert_eq!(meta.index, groups[&leader].state().applied_index);
+    let mut restored = KvStateMachine::new();
+    shoal_raft_runtime::StateMachine::restore(&mut restored, &mut data).expect("restores");
+    assert_eq!(restored, leader_kv);
     for node in nodes {
         node.shutdown().await;
     }

@@ -593,36 +593,42 @@ impl proto::maintenance_server::Maintenance for MetaServer {
         &self,
         _request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        use shoal_raft_runtime::StateMachine;
         self.check_serving()?;
-        let (data, revision, raft_index) = self
-            .inner
-            .group
-            .read_local(|s| {
-                let mut data = Vec::new();
-                let result = s.snapshot(&mut data).map(|()| data);
-                (result, s.revision(), s.info().applied_index)
-            })
-            .await
-            .map_err(raft_status)?;
-        let data = data.map_err(|e| Status::internal(format!("snapshot failed: {e}")))?;
+        // A durable snapshot written on its own thread (the group keeps replicating), then
+        // streamed from its file: never a copy of the store in memory.
+        let (meta, mut data) = self.inner.group.snapshot_now().await.map_err(raft_status)?;
+        let raft_index = meta.index.0;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let crc = crc32c::crc32c(&data);
-            let mut chunks = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
-            if chunks.peek().is_none() {
-                let _ = tx.send(Ok(proto::SnapshotChunk::default())).await;
-            }
-            while let Some(chunk) = chunks.next() {
-                let done = chunks.peek().is_none();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut crc = 0u32;
+            let mut revision = 0;
+            let mut n_remaining = data.len();
+            let mut first = true;
+            loop {
+                let len = usize::try_from(n_remaining)
+                    .map_or(SNAPSHOT_CHUNK_BYTES, |n| n.min(SNAPSHOT_CHUNK_BYTES));
+                let mut chunk = vec![0u8; len];
+                if let Err(e) = data.read_exact(&mut chunk) {
+                    let _ =
+                        tx.blocking_send(Err(Status::internal(format!("reading the snapshot failed: {e}"))));
+                    return;
+                }
+                if first {
+                    first = false;
+                    revision = MetaStore::snapshot_revision(&chunk).unwrap_or(0);
+                }
+                n_remaining -= len as u64;
+                crc = crc32c::crc32c_append(crc, &chunk);
+                let done = n_remaining == 0;
                 let message = proto::SnapshotChunk {
-                    data: chunk.to_vec(),
+                    data: chunk,
                     done,
                     crc32c: if done { crc } else { 0 },
                     revision: if done { revision } else { 0 },
                     raft_index: if done { raft_index } else { 0 },
                 };
-                if tx.send(Ok(message)).await.is_err() {
+                if tx.blocking_send(Ok(message)).is_err() || done {
                     return;
                 }
             }

@@ -809,6 +809,14 @@ fn check_range_request(request: &proto::RangeRequest) -> OpResult<()> {
     Ok(())
 }
 
+impl MetaStore {
+    /// The revision held by the snapshot whose data starts with `first_bytes` (its header
+    /// record, at most a few KB).
+    pub fn snapshot_revision(first_bytes: &[u8]) -> io::Result<i64> {
+        snapshot::revision_of(first_bytes)
+    }
+}
+
 impl StateMachine for MetaStore {
     fn apply(&mut self, index: LogIndex, command: &[u8]) -> Vec<u8> {
         self.apply_command(index.0, command).encode_to_vec()

@@ -222,6 +222,12 @@ pub(super) fn write(store: &MetaStore, out: &mut dyn Write) -> io::Result<()> {
     out.flush()
 }
 
+/// The revision a snapshot holds, from its first bytes (the header record).
+pub(super) fn revision_of(first_bytes: &[u8]) -> io::Result<i64> {
+    let header: Header = read_record(&mut &first_bytes[..])?;
+    Ok(header.current_revision)
+}
+
 pub(super) fn read(input: &mut dyn Read) -> io::Result<MetaStore> {
     let mut input = BufReader::new(input);
     let header: Header = read_record(&mut input)?;
