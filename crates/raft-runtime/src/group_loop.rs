@@ -442,16 +442,12 @@ impl<S: StateMachine> GroupLoop<S> {
 
         // Rule 3: reads once their index applied.
         for read_state in read_states {
+            // Served just below by `release_reads` if the index already applied.
             if let Some((_, read)) = self.reads_waiting_for_leader.remove(&read_state.context) {
-                if let (true, Some(state_machine)) = (read_state.index <= self.applied, &self.state_machine) {
-                    self.n_reads -= 1;
-                    read(Ok(state_machine));
-                } else {
-                    self.reads_waiting_for_apply
-                        .entry(read_state.index)
-                        .or_default()
-                        .push(read);
-                }
+                self.reads_waiting_for_apply
+                    .entry(read_state.index)
+                    .or_default()
+                    .push(read);
             }
         }
         self.release_reads();
@@ -680,7 +676,7 @@ impl<S: StateMachine> GroupLoop<S> {
             .map_or(LogIndex::ZERO, |s| s.meta.index);
         if !self.snapshot_waiters.is_empty() && self.applied <= snapshot_index {
             // The latest snapshot is the current state.
-            self.answer_snapshot_waiters(snapshot_index);
+            self.answer_snapshot_waiters();
             return Ok(());
         }
         if self.applied.0 < snapshot_index.0 + self.snapshot_interval_entries
@@ -743,35 +739,22 @@ impl<S: StateMachine> GroupLoop<S> {
             "snapshot taken"
         );
         let meta = stored.meta.clone();
-        self.storage.snapshot_saved(stored);
-        if self
-            .storage
-            .latest_snapshot()
-            .is_some_and(|latest| latest.meta.index == meta.index)
-        {
+        if self.storage.snapshot_saved(stored) {
             self.pending_compaction = Some(meta);
         }
-        if let Some(latest) = self.storage.latest_snapshot() {
-            let index = latest.meta.index;
-            self.answer_snapshot_waiters(index);
-        }
+        self.answer_snapshot_waiters();
         self.apply_deferred();
         self.release_reads();
         Ok(())
     }
 
-    /// Answers `snapshot_now` callers with the durable snapshot at `index`.
-    fn answer_snapshot_waiters(&mut self, index: LogIndex) {
-        let Some(meta) = self
-            .storage
-            .latest_snapshot()
-            .filter(|latest| latest.meta.index == index)
-            .map(|latest| latest.meta.clone())
-        else {
+    /// Answers `snapshot_now` callers with the latest durable snapshot.
+    fn answer_snapshot_waiters(&mut self) {
+        let Some(meta) = self.storage.latest_snapshot().map(|latest| latest.meta.clone()) else {
             return;
         };
         for waiter in self.snapshot_waiters.drain(..) {
-            let data = self.storage.open_snapshot_data(index);
+            let data = self.storage.open_snapshot_data(meta.index);
             let _ = waiter.send(data.map(|data| (meta.clone(), data)));
         }
     }

@@ -400,15 +400,16 @@ impl GroupStorage {
     }
 
     /// Records a snapshot written by [`PendingSnapshot::write`] as the latest, unless a newer
-    /// one (installed from the leader meanwhile) already is.
-    pub fn snapshot_saved(&mut self, stored: StoredSnapshot) {
-        if self
+    /// one (installed from the leader meanwhile) already is; true when it became the latest.
+    pub fn snapshot_saved(&mut self, stored: StoredSnapshot) -> bool {
+        let newer = self
             .latest
             .as_ref()
-            .is_none_or(|latest| latest.meta.index < stored.meta.index)
-        {
+            .is_none_or(|latest| latest.meta.index < stored.meta.index);
+        if newer {
             self.latest = Some(stored);
         }
+        newer
     }
 
     /// Drops WAL entries up to and including `upto` (after the core compacted its log).
