@@ -667,7 +667,11 @@ impl<S: StateMachine> GroupLoop<S> {
     fn maybe_snapshot(&mut self) -> Result<()> {
         self.finish_snapshot_job(false)?;
         self.maybe_compact()?;
-        if self.pending_compaction.is_some() || self.snapshot_job.is_some() {
+        // A snapshot asked for is not held back by a compaction still waiting for a follower
+        // (one that is down could hold it for half an interval); the newer one replaces it.
+        if self.snapshot_job.is_some()
+            || (self.pending_compaction.is_some() && self.snapshot_waiters.is_empty())
+        {
             return Ok(());
         }
         let snapshot_index = self
