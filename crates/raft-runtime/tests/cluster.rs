@@ -370,6 +370,64 @@ async fn node_far_behind_catches_up_by_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_on_demand_is_not_held_back_by_a_follower_that_is_down() {
+    // Goal: with a follower down, the leader defers compacting its log past a new snapshot
+    // (the follower would then need the whole snapshot) for up to half an interval. A
+    // snapshot asked for meanwhile (`cluster snapshot save`) is taken at once and holds the
+    // state at the applied index, instead of waiting for writes that may never come.
+    let interval = 40;
+    let mut cluster = Cluster::start(3, &[GROUP], interval).await;
+    let leader = cluster.leader().await;
+    let follower = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.stop(follower).await;
+    let mut i = 0;
+    while cluster.node(leader).group().state().snapshot_index == LogIndex::ZERO {
+        cluster.propose(put(&format!("k{i}"), "v")).await;
+        i += 1;
+        assert!(i < 10 * interval, "no periodic snapshot after {i} writes");
+    }
+    // A few more writes, fewer than half an interval: the compaction is still pending.
+    for _ in 0..5 {
+        cluster.propose(put(&format!("k{i}"), "v")).await;
+        i += 1;
+    }
+    assert_eq!(cluster.leader().await, leader);
+    let status = cluster.node(leader).group().status().await.expect("status");
+    let periodic = cluster.node(leader).group().state().snapshot_index;
+    assert!(
+        status.first_index <= periodic,
+        "the leader must not have compacted past the stopped follower yet: {status:?}"
+    );
+    let (meta, mut data) = tokio::time::timeout(
+        Duration::from_secs(5),
+        cluster.node(leader).group().snapshot_now(),
+    )
+    .await
+    .expect("a snapshot on demand does not wait for the follower")
+    .expect("snapshot now");
+    let applied = cluster.node(leader).group().state().applied_index;
+    assert!(
+        meta.index > periodic,
+        "a new snapshot, not the periodic one: {meta:?}"
+    );
+    assert_eq!(meta.index, applied);
+    let mut restored = KvStateMachine::new();
+    shoal_raft_runtime::StateMachine::restore(&mut restored, &mut data).expect("restores");
+    assert_eq!(restored.len(), i as usize);
+    // The stopped follower still catches up (by the snapshot if the log was compacted).
+    cluster.restart(follower).await;
+    cluster.wait_applied(applied).await;
+    assert_eq!(
+        cluster.kv_contents(follower).await,
+        cluster.kv_contents(leader).await
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_add_learner_promote_and_remove() {
     // Goal: a new node joins as a learner (its address travels in the ConfigChange entry),
     // catches up, is promoted to voter, and an old voter is removed; the group keeps
