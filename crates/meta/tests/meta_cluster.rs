@@ -691,7 +691,8 @@ async fn a_retried_write_applies_once() {
 async fn a_diverged_member_raises_an_alarm_and_stops_serving() {
     // Goal: a member whose state silently differs is found by the hash comparison, gets a
     // CORRUPT alarm, and refuses to serve, while the others go on — even when the diverged
-    // member is the leader (it hands leadership over instead of stopping the cluster).
+    // member is the leader (it hands leadership over instead of stopping the cluster) — and
+    // it stands for election no more.
     let options = ServerOptions {
         hash_check_interval: Duration::from_millis(300),
         ..ServerOptions::default()
@@ -745,11 +746,20 @@ async fn a_diverged_member_raises_an_alarm_and_stops_serving() {
     }
     client.put("b", "still-writable").await.unwrap();
     assert_eq!(client.get("a").await.unwrap().unwrap().value, b"abc");
-    assert_ne!(
-        cluster.leader().await,
-        NodeId(3),
-        "the diverged member handed leadership over"
+    let leader = cluster.leader().await;
+    assert_ne!(leader, NodeId(3), "the diverged member handed leadership over");
+    // It no longer stands for election: a transfer to it fails and the leader stays.
+    let transfer = cluster.members[&leader]
+        .server
+        .group()
+        .transfer_leader(NodeId(3))
+        .await;
+    assert!(
+        transfer.is_err(),
+        "a diverged member took leadership: {transfer:?}"
     );
+    assert_ne!(cluster.leader().await, NodeId(3));
+    client.put("c", "after-the-transfer").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,7 @@ pub(crate) enum Input {
     /// Take a snapshot now (or join the one being written) and open its data.
     Snapshot(Reply<(SnapshotMeta, SnapshotData)>),
     Campaign,
+    WithholdCandidacy(bool),
     Stop,
 }
 
@@ -262,6 +263,10 @@ impl GroupHandle {
         self.submit(Input::Campaign)
     }
 
+    pub fn withhold_candidacy(&self, withheld: bool) -> Result<()> {
+        self.submit(Input::WithholdCandidacy(withheld))
+    }
+
     pub fn state(&self) -> GroupState {
         self.shared.state.borrow().clone()
     }
@@ -375,6 +380,14 @@ impl<S: StateMachine> RaftGroup<S> {
     /// Starts an election now instead of waiting for the election timeout.
     pub fn campaign(&self) -> Result<()> {
         self.handle.campaign()
+    }
+
+    /// Stops (`true`) or resumes this member standing for election; it still votes and
+    /// replicates. For a member whose state machine the application distrusts: it must not
+    /// lead. Not persisted (set it again after a restart); a leader keeps leading until it
+    /// hands over with [`RaftGroup::transfer_leader`]. Needs a quorum of voters that stand.
+    pub fn withhold_candidacy(&self, withheld: bool) -> Result<()> {
+        self.handle.withhold_candidacy(withheld)
     }
 
     /// The latest published state.

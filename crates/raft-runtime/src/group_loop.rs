@@ -306,6 +306,7 @@ impl<S: StateMachine> GroupLoop<S> {
             },
             Input::Snapshot(reply) => self.snapshot_waiters.push(reply),
             Input::Campaign => self.raft.campaign(),
+            Input::WithholdCandidacy(withheld) => self.raft.withhold_candidacy(withheld),
             Input::Stop => self.stop_requested = true,
         }
     }

@@ -88,6 +88,9 @@ pub struct OperatorConfig {
     /// Add a spare as learner, promote it, remove a voter (never below the bootstrap size).
     pub membership_changes: bool,
     pub leadership_transfers: bool,
+    /// Withhold one voter's candidacy (`Raft::withhold_candidacy`, as a diverged member's)
+    /// or release it; only with at least 3 bootstrap voters, so the others keep a quorum.
+    pub candidacy_changes: bool,
     pub interval_ms_min: u64,
     pub interval_ms_max: u64,
 }
@@ -259,10 +262,13 @@ impl SimConfig {
             downtime_ms_max: rng.range_inclusive(200, 4000),
             pause_ms_max: rng.range_inclusive(100, 3000),
         });
-        if membership_changes || leadership_transfers {
+        // Drawn last, so the draws above (and the seeds found with them) are unchanged.
+        let candidacy_changes = n_voters >= 3 && rng.chance(0.3);
+        if membership_changes || leadership_transfers || candidacy_changes {
             config.operator = Some(OperatorConfig {
                 membership_changes,
                 leadership_transfers,
+                candidacy_changes,
                 interval_ms_min: 500,
                 interval_ms_max: 3000,
             });

@@ -224,6 +224,8 @@ pub struct SimStats {
     pub n_snapshot_sends_unavailable: u64,
     pub n_config_changes_proposed: u64,
     pub n_transfers_requested: u64,
+    /// Times the operator withheld a voter's candidacy.
+    pub n_candidacies_withheld: u64,
     pub n_retired: u64,
 }
 
@@ -249,6 +251,9 @@ pub struct Sim {
     /// Clients start new operations only while this is on.
     pub(crate) workload_active: bool,
     removals_seen: BTreeSet<NodeId>,
+    /// The node whose candidacy the operator withholds (set again on every restart: the core
+    /// does not persist it).
+    withheld: Option<NodeId>,
     /// The command first applied at each index (`None` for no-ops and membership entries).
     applied_commands: Vec<Option<Command>>,
 }
@@ -281,6 +286,7 @@ impl Sim {
             faults_active: config.nemesis.is_some() || config.operator.is_some(),
             workload_active: config.workload.is_some(),
             removals_seen: BTreeSet::new(),
+            withheld: None,
             applied_commands: Vec::new(),
             config,
         };
@@ -504,6 +510,7 @@ impl Sim {
         raft_config.id = self.nodes[node_idx].id;
         raft_config.rng_seed = self.rng.next_u64();
         let restore = self.nodes[node_idx].disk.restore(&self.bootstrap);
+        let withheld = self.withheld == Some(self.nodes[node_idx].id);
         let now_ms = self.now_ms;
         let node = &mut self.nodes[node_idx];
         node.kv = match node.disk.snapshot() {
@@ -518,7 +525,7 @@ impl Sim {
             },
         };
         node.applied_index = node.disk.snapshot_index();
-        let raft = match Raft::new(raft_config, restore) {
+        let mut raft = match Raft::new(raft_config, restore) {
             Ok(raft) => raft,
             Err(e) => self.checker.violation(
                 now_ms,
@@ -526,6 +533,7 @@ impl Sim {
                 format!("node {}: {e}", node.id),
             ),
         };
+        raft.withhold_candidacy(withheld);
         node.commit_seen = raft.commit_index();
         node.term_seen = raft.term();
         node.waiting_writes.clear();
@@ -1547,11 +1555,45 @@ impl Sim {
                     self.after_input(leader_idx, true);
                 }
             }
+            if operator.candidacy_changes && self.rng.chance(0.3) {
+                self.toggle_withheld_candidacy(leader_idx);
+            }
         }
         let delay = self
             .rng
             .range_inclusive(operator.interval_ms_min, operator.interval_ms_max);
         self.schedule(delay, Event::Operator);
+    }
+
+    /// Withholds a random voter's candidacy (none withheld yet) or releases the one withheld.
+    /// One at a time: with at least 3 voters (never fewer than the bootstrap's), the others
+    /// still form a quorum that stands for election.
+    fn toggle_withheld_candidacy(&mut self, leader_idx: usize) {
+        let (id, withheld) = match self.withheld.take() {
+            Some(id) => (id, false),
+            None => {
+                let voters: Vec<NodeId> = self.nodes[leader_idx]
+                    .raft
+                    .as_ref()
+                    .map(|r| r.membership().voters.iter().copied().collect())
+                    .unwrap_or_default();
+                if voters.len() < 3 {
+                    return;
+                }
+                let Some(id) = self.rng.pick(&voters) else {
+                    return;
+                };
+                self.withheld = Some(id);
+                self.stats.n_candidacies_withheld += 1;
+                (id, true)
+            }
+        };
+        self.log(|| format!("operator: node {id} withholds candidacy: {withheld}"));
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.id == id) {
+            if let Some(raft) = node.raft.as_mut() {
+                raft.withhold_candidacy(withheld);
+            }
+        }
     }
 
     /// Add a spare as learner, promote a learner, or remove a voter beyond the bootstrap size.

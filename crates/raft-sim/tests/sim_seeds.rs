@@ -54,6 +54,7 @@ fn sim_seeds_with_faults() {
                 totals.n_snapshots_installed += stats.n_snapshots_installed;
                 totals.n_config_changes_proposed += stats.n_config_changes_proposed;
                 totals.n_transfers_requested += stats.n_transfers_requested;
+                totals.n_candidacies_withheld += stats.n_candidacies_withheld;
                 sim_ms += report.sim_ms;
                 n_lincheck_timeouts += u64::from(report.lincheck_timed_out);
             }
@@ -73,7 +74,7 @@ fn sim_seeds_with_faults() {
         "sim_seeds_with_faults: {n_seeds} seeds from {seed_base} in {:.1} s ({:.0} simulated s): \
          {n_ops} client ops ({n_unknown} unknown), {n_messages} messages, {} crashes ({} inside a \
          Ready, {} torn writes), {} pauses, {} snapshots installed, {} membership changes and {} \
-         transfers proposed, {n_lincheck_timeouts} linearizability checks timed out",
+         transfers proposed, {} candidacies withheld, {n_lincheck_timeouts} linearizability checks timed out",
         started.elapsed().as_secs_f64(),
         sim_ms as f64 / 1000.0,
         totals.n_crashes,
@@ -83,6 +84,7 @@ fn sim_seeds_with_faults() {
         totals.n_snapshots_installed,
         totals.n_config_changes_proposed,
         totals.n_transfers_requested,
+        totals.n_candidacies_withheld,
     );
     assert!(failing_seeds.is_empty(), "failing seeds: {failing_seeds:?}");
 }

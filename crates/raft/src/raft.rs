@@ -224,6 +224,9 @@ pub struct Raft {
     /// A TimeoutNow went out this term: voters may elect the target regardless of our lease,
     /// so lease reads are off until the next term.
     timeout_now_sent: bool,
+    /// The application asked this node not to stand for election (see
+    /// [`Raft::withhold_candidacy`]).
+    candidacy_withheld: bool,
     read_round: u64,
     read_round_broadcast_pending: bool,
     round_sent_ticks: VecDeque<(u64, u64)>,
@@ -274,6 +277,7 @@ impl Raft {
             transfer_target: None,
             transfer_elapsed_ticks: 0,
             timeout_now_sent: false,
+            candidacy_withheld: false,
             read_round: 0,
             read_round_broadcast_pending: false,
             round_sent_ticks: VecDeque::new(),
@@ -383,7 +387,7 @@ impl Raft {
             Role::Leader => self.tick_leader(),
             _ => {
                 self.election_elapsed_ticks += 1;
-                if self.is_electable()
+                if self.may_campaign()
                     && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
                 {
                     self.election_elapsed_ticks = 0;
@@ -448,9 +452,20 @@ impl Raft {
 
     /// Starts an election now (as if the election timer fired); used to bootstrap and in tests.
     pub fn campaign(&mut self) {
-        if self.is_electable() && self.role != Role::Leader {
+        if self.may_campaign() && self.role != Role::Leader {
             self.start_election();
         }
+    }
+
+    /// Stops (or resumes) this node standing for election: while withheld it never starts
+    /// one (its timer, [`Raft::campaign`], a leader's TimeoutNow), but it still votes,
+    /// replicates and counts for commit. For a member the application distrusts (its state
+    /// machine diverged from the others'): it must not lead. Safety is unaffected (fewer
+    /// elections); liveness needs a quorum of voters that do stand. Not persisted: the
+    /// application sets it again after a restart. A leader keeps leading; the application
+    /// hands leadership over ([`Raft::transfer_leadership`]).
+    pub fn withhold_candidacy(&mut self, withheld: bool) {
+        self.candidacy_withheld = withheld;
     }
 
     /// Proposes a command. On success the entry sits at the returned (term, index); the client
@@ -667,7 +682,7 @@ impl Raft {
                 self.handle_install_snapshot(from, meta, offset, data, done);
             }
             MessageBody::TimeoutNow => {
-                if self.is_voter() && self.role != Role::Leader {
+                if self.is_voter() && !self.candidacy_withheld && self.role != Role::Leader {
                     // §3.10: campaign at once, skipping pre-vote, flagged so voters that heard
                     // from the old leader recently still vote.
                     self.become_candidate(true);
@@ -847,6 +862,10 @@ impl Raft {
                     .membership_at(self.log.committed)
                     .voters
                     .contains(&self.id))
+    }
+
+    fn may_campaign(&self) -> bool {
+        self.is_electable() && !self.candidacy_withheld
     }
 
     fn reset_election_timer(&mut self) {

@@ -652,6 +652,50 @@ fn learner_never_campaigns() {
 }
 
 #[test]
+fn a_node_withholding_candidacy_never_campaigns_but_still_votes() {
+    // Goal: a withheld node starts no election by its timer, by campaign() or by a leader's
+    // TimeoutNow, yet grants its vote and lets the others elect a leader; released, it
+    // campaigns again.
+    let mut nodes = three_with_leader();
+    nodes[2].withhold_candidacy(true);
+    nodes[0].transfer_leadership(NodeId(3)).expect("leader");
+    let ready = nodes[0].take_ready();
+    let timeout_now = ready
+        .messages
+        .into_iter()
+        .find(|m| m.to == NodeId(3) && m.body == MessageBody::TimeoutNow)
+        .expect("the leader sends TimeoutNow to an up-to-date target");
+    nodes[2].step(timeout_now);
+    nodes[2].campaign();
+    for _ in 0..100 {
+        nodes[2].tick();
+    }
+    assert_eq!(nodes[2].role(), Role::Follower);
+    let term = nodes[2].term();
+    assert!(
+        nodes[2].take_ready().messages.iter().all(|m| !matches!(
+            m.body,
+            MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+        )),
+        "a withheld node asks for no votes"
+    );
+    // Node 2 campaigns (the leader is gone); node 3's vote makes it leader.
+    nodes.remove(0);
+    nodes[0].campaign();
+    deliver_all(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Leader, "node 2 won with node 3's vote");
+    assert_eq!(nodes[1].role(), Role::Follower);
+    assert!(nodes[1].term() > term);
+    // Released, it stands again: alone (node 2 gone too) its timer starts a pre-vote.
+    let mut alone = nodes.remove(1);
+    alone.withhold_candidacy(false);
+    for _ in 0..100 {
+        alone.tick();
+    }
+    assert_eq!(alone.role(), Role::PreCandidate);
+}
+
+#[test]
 fn transfer_sends_timeout_now_and_target_campaigns_past_lease() {
     // Goal: §3.10 — transfer to an up-to-date follower sends TimeoutNow; its RequestVote carries
     // the transfer flag so a voter in lease still votes; proposals are refused meanwhile.

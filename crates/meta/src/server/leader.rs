@@ -60,6 +60,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             n_alarm_changes_seen = info.n_alarm_changes;
             let me = inner.node_id.0;
             if let Ok(alarm) = inner.group.read_local(move |s| s.alarm_for(me).cloned()).await {
+                // A diverged member must not lead: it stops standing for election (it still
+                // votes and replicates, so the others keep their quorum).
+                if let Err(error) = inner.group.withhold_candidacy(alarm.is_some()) {
+                    tracing::warn!(%error, "cannot change this member's candidacy");
+                }
                 *lock(&inner.corrupt) = alarm.map(|a| {
                     format!(
                         "this member's state diverged from the cluster's at revision {} ({}); it refuses \
@@ -71,7 +76,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         if state.role == Role::Leader && lock(&inner.corrupt).is_some() {
             // A diverged member refuses every request; as leader it would stop the whole
-            // cluster. It hands leadership to a healthy voter (again if re-elected).
+            // cluster. It hands leadership to a healthy voter (it no longer stands for
+            // election, so it is not elected again).
             let me = inner.node_id;
             let target = state.membership.voters.iter().copied().find(|&id| id != me);
             if let Some(target) = target {
