@@ -830,6 +830,21 @@ async fn a_saved_snapshot_holds_the_same_state() {
             .await
             .unwrap();
     }
+    // `snapshot` may go to any member: let every one apply the last write first, so the two
+    // saves below see the same revision.
+    let leader = cluster.leader().await;
+    let commit = client
+        .status_at(&cluster.addresses[&leader])
+        .await
+        .unwrap()
+        .commit_index;
+    let deadline = Instant::now() + WAIT;
+    for address in cluster.endpoints() {
+        while client.status_at(&address).await.unwrap().applied_index < commit {
+            assert!(Instant::now() < deadline, "{address} did not apply {commit}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut bytes = Vec::new();
     let (n_bytes, revision) = client.snapshot(&mut bytes).await.unwrap();
     assert_eq!(n_bytes as usize, bytes.len());

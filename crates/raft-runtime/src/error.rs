@@ -43,7 +43,7 @@ pub enum Error {
     /// The state machine failed to snapshot or restore; the group stopped.
     #[error("state machine failure, the Raft group stopped: {0}")]
     StateMachine(String),
-    /// The group's thread died on a broken invariant (a bug); the group stopped and must be
+    /// The group's loop died on a broken invariant (a bug); the group stopped and must be
     /// restarted from its durable state.
     #[error("the Raft group stopped on a broken invariant (a bug): {0}; restart the node")]
     Fatal(String),

@@ -5,11 +5,11 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_raft::{ConfigChange, LogIndex, Membership, Message, NodeId, Role, SnapshotMeta, Term};
+use tokio::sync::mpsc::{error::TrySendError, Sender};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::MembershipChange;
@@ -79,7 +79,7 @@ pub(crate) struct Applied {
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
-/// A read runs on the group's thread with the state machine, or with the reason it cannot.
+/// A read runs on the group's task with the state machine, or with the reason it cannot.
 pub(crate) type ReadFn = Box<dyn FnOnce(Result<&dyn StateMachine>) + Send>;
 
 pub(crate) enum Input {
@@ -124,7 +124,7 @@ pub(crate) struct GroupShared {
 pub(crate) struct GroupHandle {
     group_id: u64,
     node_id: NodeId,
-    inbox: SyncSender<Input>,
+    inbox: Sender<Input>,
     shared: Arc<GroupShared>,
     request_timeout: Duration,
     transport: Arc<Transport>,
@@ -134,7 +134,7 @@ impl GroupHandle {
     pub fn new(
         group_id: u64,
         node_id: NodeId,
-        inbox: SyncSender<Input>,
+        inbox: Sender<Input>,
         shared: Arc<GroupShared>,
         request_timeout: Duration,
         transport: Arc<Transport>,
@@ -173,7 +173,7 @@ impl GroupHandle {
         let result = match self.inbox.try_send(input) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(_)) => Err(Error::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(self.stopped_error()),
+            Err(TrySendError::Closed(_)) => Err(self.stopped_error()),
         };
         self.shared.n_requests_queued.fetch_sub(1, Ordering::AcqRel);
         result
@@ -337,7 +337,7 @@ impl<S: StateMachine> RaftGroup<S> {
     }
 
     /// A linearizable read (Raft §6.4, ReadIndex): `f` sees every write acknowledged before
-    /// the call. `f` runs on the group's thread, so it should be quick.
+    /// the call. `f` runs in the group's loop, so it should be quick.
     pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
         self.handle
             .read_with(move |state_machine| f(downcast::<S>(state_machine)))

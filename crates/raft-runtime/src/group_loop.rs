@@ -1,9 +1,11 @@
-//! The loop that drives one group on its own thread: inputs in, one `Ready` per batch out,
-//! handled in the order of the core's contract (see the crate docs).
+//! The loop that drives one group as a task on the tokio runtime: inputs in, one `Ready` per
+//! batch out, handled in the order of the core's contract (see the crate docs). Disk work
+//! that blocks (fsync, snapshot restore, log compaction) runs on the runtime's blocking
+//! threads while the loop awaits it; the core, applies and reads run on the task itself, so a
+//! request's hand-off to the loop and its answer are task wake-ups, not thread wake-ups.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,9 @@ use shoal_raft::{
     Entry, EntryKind, LogIndex, Membership, Message, NodeId, ProposeError, Raft, Ready, Role, SnapshotMeta,
     SnapshotSend, Term,
 };
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec;
@@ -25,15 +30,6 @@ use crate::{
     BATCH_INPUTS_MAX, PENDING_READS_MAX, READY_ROUNDS_MAX, SNAPSHOT_CHUNK_BYTES_MAX, TICKS_CATCH_UP_MAX,
 };
 
-/// How long the loop polls its inbox (yielding the core between polls) before it parks.
-///
-/// Parking costs each request a futex wake-up and two context switches when it arrives a few
-/// microseconds after the loop went to sleep, which at load is most requests: measured on 2
-/// cores (docs/BENCHMARKS.md), spinning this long halved the futex calls per linearizable get
-/// and cut the servers' CPU per get by 30%. Cost when idle: this much CPU once per tick per
-/// group (0.25% of a core at a 20 ms tick), which matters if a node hosts hundreds of groups.
-const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
-
 struct PendingProposal {
     term: Term,
     reply: Reply<Applied>,
@@ -41,7 +37,7 @@ struct PendingProposal {
 
 /// A snapshot being written on its own thread, which holds the state machine meanwhile.
 ///
-/// Serializing a large state takes seconds (a 290 MB store: 0.8 s); on the group's thread
+/// Serializing a large state takes seconds (a 290 MB store: 0.8 s); in the group's loop
 /// that would stop heartbeats and cost the leader its leadership at every snapshot. Instead
 /// the loop keeps running Raft (replicating, persisting, committing) and only defers applying
 /// and reading until the state machine comes back.
@@ -49,6 +45,8 @@ struct SnapshotJob<S> {
     index: LogIndex,
     started: Instant,
     thread: std::thread::JoinHandle<(S, Result<StoredSnapshot>)>,
+    /// Resolves (its sender dropped) when the thread is done, even by a panic.
+    done: oneshot::Receiver<()>,
 }
 
 struct PendingTransfer {
@@ -57,13 +55,13 @@ struct PendingTransfer {
     reply: Reply<()>,
 }
 
-/// Owns a group's `Raft`, storage and state machine on one dedicated thread: fsyncs and
-/// applies never block the tokio reactor.
+/// Owns a group's `Raft`, storage and state machine; runs as one task (see the module docs).
 pub(crate) struct GroupLoop<S: StateMachine> {
     group_id: u64,
     id: NodeId,
     raft: Raft,
-    storage: GroupStorage,
+    /// `None` only while a blocking job holds it ([`GroupLoop::with_storage`]).
+    storage: Option<GroupStorage>,
     /// `None` while a snapshot job holds it.
     state_machine: Option<S>,
     snapshot_job: Option<SnapshotJob<S>>,
@@ -96,7 +94,7 @@ pub(crate) struct GroupLoop<S: StateMachine> {
     pending_compaction: Option<SnapshotMeta>,
 }
 
-/// Marks the group stopped when its thread ends, even by a panic (a broken core invariant).
+/// Marks the group stopped when its loop ends, even by a panic (a broken core invariant).
 struct StoppedGuard(Arc<GroupShared>);
 
 impl Drop for StoppedGuard {
@@ -104,7 +102,7 @@ impl Drop for StoppedGuard {
         if std::thread::panicking() {
             let mut reason = lock(&self.0.stop_reason);
             if reason.is_none() {
-                *reason = Some(Error::Fatal("the group's thread panicked".into()));
+                *reason = Some(Error::Fatal("the group's loop panicked".into()));
             }
         }
         self.0.state.send_modify(|s| s.stopped = true);
@@ -128,7 +126,7 @@ impl<S: StateMachine> GroupLoop<S> {
             id,
             applied: raft.applied_index(),
             raft,
-            storage,
+            storage: Some(storage),
             state_machine: Some(state_machine),
             snapshot_job: None,
             deferred_applies: VecDeque::new(),
@@ -152,44 +150,40 @@ impl<S: StateMachine> GroupLoop<S> {
         }
     }
 
-    pub(crate) fn run(mut self, inbox: Receiver<Input>) {
+    pub(crate) async fn run(mut self, mut inbox: Receiver<Input>) {
         let _stopped = StoppedGuard(self.shared.clone());
-        let span = tracing::info_span!("raft", node_id = self.id.0, group_id = self.group_id);
-        let _span = span.enter();
+        let shutdown = self.shutdown.clone();
         let mut next_tick = Instant::now() + self.tick_interval;
         let mut more_ready = false;
         let result = loop {
-            if self.stop_requested || self.shutdown.is_cancelled() {
+            if self.stop_requested || shutdown.is_cancelled() {
                 break Ok(());
             }
             // Wait for the first input or the next tick, then drain what else is there
             // (bounded): everything gathered goes into one Ready, one fsync (rule 4).
-            let wait = if more_ready {
-                Duration::ZERO
-            } else {
-                next_tick.saturating_duration_since(Instant::now())
-            };
-            let mut first = None;
-            if !wait.is_zero() {
-                // Spin briefly first (see SPIN_BEFORE_PARK): inputs often follow each other
-                // closely, and a parked thread costs each of them a wake-up.
-                let spin_until = Instant::now() + SPIN_BEFORE_PARK.min(wait);
-                while Instant::now() < spin_until {
-                    if let Ok(input) = inbox.try_recv() {
-                        first = Some(input);
-                        break;
+            let first = if more_ready {
+                match inbox.try_recv() {
+                    Ok(input) => Some(input),
+                    Err(TryRecvError::Empty) => {
+                        // Let the runtime's other tasks run between rounds of core work.
+                        tokio::task::yield_now().await;
+                        None
                     }
-                    std::thread::yield_now();
+                    Err(TryRecvError::Disconnected) => break Ok(()),
                 }
-            }
-            let received = match first {
-                Some(input) => Ok(input),
-                None => inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now()).min(wait)),
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Ok(()),
+                    input = inbox.recv() => match input {
+                        Some(input) => Some(input),
+                        None => break Ok(()),
+                    },
+                    _ = tokio::time::sleep_until(next_tick.into()) => None,
+                }
             };
-            match received {
-                Ok(input) => self.handle_input(input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            if let Some(input) = first {
+                self.handle_input(input);
             }
             for _ in 1..BATCH_INPUTS_MAX {
                 match inbox.try_recv() {
@@ -208,13 +202,13 @@ impl<S: StateMachine> GroupLoop<S> {
                 // Far behind (a long fsync or snapshot): do not replay every missed tick.
                 next_tick = now + self.tick_interval;
             }
-            match self.handle_ready() {
+            match self.handle_ready().await {
                 Ok(more) => more_ready = more,
                 Err(error) => break Err(error),
             }
         };
         // Never leave a snapshot half-written behind a stopped group.
-        let result = result.and(self.finish_snapshot_job(true));
+        let result = result.and(self.wait_snapshot_job().await);
         let reason = match result {
             Ok(()) => Error::Shutdown,
             Err(error) => {
@@ -225,6 +219,46 @@ impl<S: StateMachine> GroupLoop<S> {
         };
         self.fail_everything(reason);
         tracing::info!("group stopped");
+    }
+
+    fn storage(&self) -> &GroupStorage {
+        match &self.storage {
+            Some(storage) => storage,
+            None => unreachable!("the storage is back before the loop goes on"),
+        }
+    }
+
+    fn storage_mut(&mut self) -> &mut GroupStorage {
+        match &mut self.storage {
+            Some(storage) => storage,
+            None => unreachable!("the storage is back before the loop goes on"),
+        }
+    }
+
+    /// Runs `f` with the storage on one of the runtime's blocking threads (an fsync or a
+    /// restore must not stall a worker, which serves every other task); the loop awaits it,
+    /// so nothing else touches the storage meanwhile.
+    async fn with_storage<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut GroupStorage) -> R + Send + 'static,
+    ) -> R {
+        let Some(mut storage) = self.storage.take() else {
+            unreachable!("one blocking storage job at a time");
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = f(&mut storage);
+            (storage, result)
+        })
+        .await;
+        match joined {
+            Ok((storage, result)) => {
+                self.storage = Some(storage);
+                result
+            }
+            // A panic in the storage code ends the group as it would have ended its thread.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => panic!("the storage job was cancelled: the runtime is shutting down"),
+        }
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -354,7 +388,7 @@ impl<S: StateMachine> GroupLoop<S> {
     /// Handles Readys until the core has nothing more (bounded), then reacts to role changes,
     /// takes a snapshot if due, and publishes the new state. True when the core still has work
     /// (the bound was hit): the loop then polls its inputs without waiting.
-    fn handle_ready(&mut self) -> Result<bool> {
+    async fn handle_ready(&mut self) -> Result<bool> {
         let mut more = true;
         for _ in 0..READY_ROUNDS_MAX {
             if !self.raft.has_ready() {
@@ -362,16 +396,16 @@ impl<S: StateMachine> GroupLoop<S> {
                 break;
             }
             let ready = self.raft.take_ready();
-            self.process_ready(ready)?;
+            self.process_ready(ready).await?;
         }
         self.check_leadership();
-        self.maybe_snapshot()?;
+        self.maybe_snapshot().await?;
         self.publish_state();
         Ok(more)
     }
 
     /// One Ready, in the order of the core's contract.
-    fn process_ready(&mut self, ready: Ready) -> Result<()> {
+    async fn process_ready(&mut self, ready: Ready) -> Result<()> {
         let Ready {
             soft_state,
             hard_state,
@@ -406,26 +440,37 @@ impl<S: StateMachine> GroupLoop<S> {
 
         if !snapshot_chunks.is_empty() || snapshot_install.is_some() {
             // Installing the leader's snapshot replaces the state machine: take it back first.
-            self.finish_snapshot_job(true)?;
+            self.wait_snapshot_job().await?;
         }
 
         // Rule 1: persist before sending. Snapshot chunks, then entries (one fsync for all of
         // them: group commit), then the hard state.
-        for chunk in snapshot_chunks {
+        if !snapshot_chunks.is_empty() || !entries.is_empty() || hard_state.is_some() {
             // The snapshot records its members' addresses (the router learned them from the
             // leader's InstallSnapshot message).
-            let addresses = self.member_addresses(&chunk.meta.membership);
-            self.storage.write_snapshot_chunk(chunk, &addresses)?;
-        }
-        if !entries.is_empty() {
-            self.storage.append_entries(&entries)?;
-            self.storage.sync()?;
-            self.shared
-                .n_fsyncs
-                .store(self.storage.n_fsyncs(), Ordering::Relaxed);
-        }
-        if let Some(hard_state) = hard_state {
-            self.storage.write_hard_state(&hard_state)?;
+            let chunks: Vec<_> = snapshot_chunks
+                .into_iter()
+                .map(|chunk| {
+                    let addresses = self.member_addresses(&chunk.meta.membership);
+                    (chunk, addresses)
+                })
+                .collect();
+            let n_fsyncs = self
+                .with_storage(move |storage| -> Result<u64> {
+                    for (chunk, addresses) in chunks {
+                        storage.write_snapshot_chunk(chunk, &addresses)?;
+                    }
+                    if !entries.is_empty() {
+                        storage.append_entries(&entries)?;
+                        storage.sync()?;
+                    }
+                    if let Some(hard_state) = hard_state {
+                        storage.write_hard_state(&hard_state)?;
+                    }
+                    Ok(storage.n_fsyncs())
+                })
+                .await?;
+            self.shared.n_fsyncs.store(n_fsyncs, Ordering::Relaxed);
         }
 
         // Only now may anything that depends on the above leave this node.
@@ -436,7 +481,7 @@ impl<S: StateMachine> GroupLoop<S> {
 
         // Rule 2: restore, then apply.
         if let Some(meta) = snapshot_install {
-            self.install_snapshot(meta)?;
+            self.install_snapshot(meta).await?;
         }
         self.deferred_applies.extend(committed_entries);
         self.apply_deferred();
@@ -465,7 +510,7 @@ impl<S: StateMachine> GroupLoop<S> {
     fn send_snapshot_chunk(&mut self, send: SnapshotSend) {
         let (data, done) =
             match self
-                .storage
+                .storage()
                 .read_snapshot_chunk(send.meta.index, send.offset, SNAPSHOT_CHUNK_BYTES_MAX)
             {
                 Ok(chunk) => chunk,
@@ -497,16 +542,24 @@ impl<S: StateMachine> GroupLoop<S> {
         self.transport.send(message);
     }
 
-    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<()> {
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<()> {
         tracing::info!(
             index = meta.index.0,
             term = meta.term.0,
             "installing snapshot from the leader"
         );
-        let Some(state_machine) = self.state_machine.as_mut() else {
+        let Some(mut state_machine) = self.state_machine.take() else {
             unreachable!("the snapshot job is finished before an install");
         };
-        self.storage.restore_state_machine(meta.index, state_machine)?;
+        let index = meta.index;
+        let (state_machine, restored) = self
+            .with_storage(move |storage| {
+                let restored = storage.restore_state_machine(index, &mut state_machine);
+                (state_machine, restored)
+            })
+            .await;
+        self.state_machine = Some(state_machine);
+        restored?;
         self.applied = meta.index;
         // Proposals inside the replaced log can no longer be tracked.
         let leader = self.raft.leader();
@@ -665,9 +718,9 @@ impl<S: StateMachine> GroupLoop<S> {
     /// Rule 5: every `snapshot_interval_entries` applied entries, snapshot the state machine
     /// durably (on its own thread: see [`SnapshotJob`]); then compact the core's log and drop
     /// the WAL prefix (see `maybe_compact`).
-    fn maybe_snapshot(&mut self) -> Result<()> {
+    async fn maybe_snapshot(&mut self) -> Result<()> {
         self.finish_snapshot_job(false)?;
-        self.maybe_compact()?;
+        self.maybe_compact().await?;
         // A snapshot asked for is not held back by a compaction still waiting for a follower
         // (one that is down could hold it for half an interval); the newer one replaces it.
         if self.snapshot_job.is_some()
@@ -676,7 +729,7 @@ impl<S: StateMachine> GroupLoop<S> {
             return Ok(());
         }
         let snapshot_index = self
-            .storage
+            .storage()
             .latest_snapshot()
             .map_or(LogIndex::ZERO, |s| s.meta.index);
         if !self.snapshot_waiters.is_empty() && self.applied <= snapshot_index {
@@ -694,13 +747,15 @@ impl<S: StateMachine> GroupLoop<S> {
             return Ok(());
         };
         let addresses = self.member_addresses(&meta.membership);
-        let pending = self.storage.begin_snapshot(&meta, &addresses)?;
+        let pending = self.storage_mut().begin_snapshot(&meta, &addresses)?;
         let Some(state_machine) = self.state_machine.take() else {
             unreachable!("no snapshot job is running");
         };
+        let (done_sender, done) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("snap-n{}-g{}", self.id.0, self.group_id))
             .spawn(move || {
+                let _done = done_sender;
                 let result = pending.write(&state_machine);
                 (state_machine, result)
             });
@@ -710,6 +765,7 @@ impl<S: StateMachine> GroupLoop<S> {
                     index: meta.index,
                     started: Instant::now(),
                     thread,
+                    done,
                 });
                 Ok(())
             }
@@ -717,8 +773,17 @@ impl<S: StateMachine> GroupLoop<S> {
         }
     }
 
-    /// Takes the state machine back from a finished snapshot job (waiting for it if `wait`),
-    /// records the snapshot for compaction, and applies and serves what waited meanwhile.
+    /// Waits (without blocking the runtime) for the snapshot job, if any, and finishes it.
+    async fn wait_snapshot_job(&mut self) -> Result<()> {
+        if let Some(job) = self.snapshot_job.as_mut() {
+            let _ = (&mut job.done).await;
+        }
+        self.finish_snapshot_job(true)
+    }
+
+    /// Takes the state machine back from a finished snapshot job (joining its thread if
+    /// `wait`: only once the job signalled `done`, so the join is immediate), records the
+    /// snapshot for compaction, and applies and serves what waited meanwhile.
     fn finish_snapshot_job(&mut self, wait: bool) -> Result<()> {
         let Some(job) = self.snapshot_job.take_if(|job| wait || job.thread.is_finished()) else {
             return Ok(());
@@ -744,7 +809,7 @@ impl<S: StateMachine> GroupLoop<S> {
             "snapshot taken"
         );
         let meta = stored.meta.clone();
-        if self.storage.snapshot_saved(stored) {
+        if self.storage_mut().snapshot_saved(stored) {
             self.pending_compaction = Some(meta);
         }
         self.answer_snapshot_waiters();
@@ -755,11 +820,11 @@ impl<S: StateMachine> GroupLoop<S> {
 
     /// Answers `snapshot_now` callers with the latest durable snapshot.
     fn answer_snapshot_waiters(&mut self) {
-        let Some(meta) = self.storage.latest_snapshot().map(|latest| latest.meta.clone()) else {
+        let Some(meta) = self.storage().latest_snapshot().map(|latest| latest.meta.clone()) else {
             return;
         };
-        for waiter in self.snapshot_waiters.drain(..) {
-            let data = self.storage.open_snapshot_data(meta.index);
+        for waiter in std::mem::take(&mut self.snapshot_waiters) {
+            let data = self.storage().open_snapshot_data(meta.index);
             let _ = waiter.send(data.map(|data| (meta.clone(), data)));
         }
     }
@@ -768,7 +833,7 @@ impl<S: StateMachine> GroupLoop<S> {
     /// few entries behind at that moment would need the whole snapshot. A leader therefore
     /// compacts once every member holds the snapshot's index, or at the latest half a
     /// snapshot interval later (bounding the log); other nodes compact at once.
-    fn maybe_compact(&mut self) -> Result<()> {
+    async fn maybe_compact(&mut self) -> Result<()> {
         let Some(meta) = &self.pending_compaction else {
             return Ok(());
         };
@@ -787,7 +852,9 @@ impl<S: StateMachine> GroupLoop<S> {
             return Ok(());
         };
         self.raft.compact_log(meta.clone());
-        self.storage.compact_log(meta.index)?;
+        let index = meta.index;
+        self.with_storage(move |storage| storage.compact_log(index))
+            .await?;
         tracing::debug!(index = meta.index.0, "log compacted");
         Ok(())
     }
@@ -815,7 +882,7 @@ impl<S: StateMachine> GroupLoop<S> {
             first_index: status.first_index,
             last_index: status.last_index,
             snapshot_index: self
-                .storage
+                .storage()
                 .latest_snapshot()
                 .map_or(LogIndex::ZERO, |s| s.meta.index),
             addresses: self.member_addresses(&status.membership),
@@ -829,7 +896,7 @@ impl<S: StateMachine> GroupLoop<S> {
                     next_index,
                 })
                 .collect(),
-            n_fsyncs: self.storage.n_fsyncs(),
+            n_fsyncs: self.storage().n_fsyncs(),
         }
     }
 
@@ -842,7 +909,7 @@ impl<S: StateMachine> GroupLoop<S> {
             applied_index: self.applied,
             last_index: self.raft.last_index(),
             snapshot_index: self
-                .storage
+                .storage()
                 .latest_snapshot()
                 .map_or(LogIndex::ZERO, |s| s.meta.index),
             membership: self.raft.membership().clone(),

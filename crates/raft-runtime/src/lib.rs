@@ -27,12 +27,18 @@
 //!
 //! ## Threading
 //!
-//! Each group runs on its own OS thread that owns its `Raft`, its storage and its state
-//! machine; nothing else touches them. fsyncs, snapshots and `apply` therefore never block the
-//! tokio reactor, and groups never wait for each other's disks. The thread receives inputs on a
-//! bounded queue (peer messages, proposals, reads, admin requests) and answers through oneshot
-//! channels. Peer streams, the gRPC servers and the clients are tokio tasks; the group thread
-//! hands outbound messages to per-peer bounded queues without blocking.
+//! Each group runs as one tokio task (its *loop*) that owns its `Raft`, its storage and its
+//! state machine; nothing else touches them. It receives inputs on a bounded queue (peer
+//! messages, proposals, reads, admin requests) and answers through oneshot channels, so a
+//! request's hand-off and its answer are task wake-ups on the same runtime, not thread
+//! wake-ups (measured: a third of a serializable read's server CPU went to the thread
+//! hand-offs when each group had its own thread; docs/BENCHMARKS.md). Disk work that blocks
+//! (the WAL write and fsync of a `Ready`, restoring a snapshot, compacting the WAL) runs on
+//! the runtime's blocking threads while the loop awaits it: workers never wait for a disk,
+//! and groups never wait for each other's disks. Snapshots are written on a thread of their
+//! own. `apply` and reads run on the loop's task, so they should be quick. Peer streams, the
+//! gRPC servers and the clients are tokio tasks; the loop hands outbound messages to per-peer
+//! bounded queues without blocking.
 //!
 //! ## The loop of a group
 //!
@@ -64,8 +70,9 @@
 //!    holds the snapshot's index (or half an interval more entries applied), because the core
 //!    drops the whole prefix and a follower only slightly behind would otherwise need the
 //!    whole snapshot. The store keeps the two newest snapshots, so the one the core is sending
-//!    stays readable (the snapshot is taken on the group's thread: its cost is the state
-//!    machine's `snapshot`).
+//!    stays readable. The snapshot is written on a thread of its own that holds the state
+//!    machine meanwhile: the loop keeps replicating and committing, and applies and local
+//!    reads wait for it.
 //! 5. Publish a [`GroupState`] (term, role, leader, commit, applied, ...) on a watch channel.
 //!
 //! Rule 6, *restart*: [`RaftNode::start_group`] reads the hard state, the latest snapshot
@@ -75,7 +82,7 @@
 //!
 //! A storage error is fatal for the group (fail-stop): the loop stops, pending requests fail
 //! with [`Error::Storage`], and the group must be restarted from its durable state. A broken
-//! core invariant (a panic on the group's thread) stops the group likewise ([`Error::Fatal`]).
+//! core invariant (a panic in the group's loop) stops the group likewise ([`Error::Fatal`]).
 //!
 //! ## Requests and their errors
 //!
@@ -84,7 +91,7 @@
 //! `Busy` (a bounded queue or the core's uncommitted-bytes budget is full), `Dropped` (another
 //! term's entry landed at its index: certainly not applied), `LeadershipLost` or `Timeout`
 //! (outcome unknown). A read ([`RaftGroup::read`]) asks the core for a read index (ReadIndex,
-//! Raft §6.4), waits until it applied, then runs the closure on the group's thread;
+//! Raft §6.4), waits until it applied, then runs the closure in the group's loop;
 //! [`RaftGroup::read_local`] reads this replica's state at once (possibly stale). Over gRPC,
 //! reads go through [`StateMachine::query`].
 //!

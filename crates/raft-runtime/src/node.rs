@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 use shoal_raft::{LogIndex, NodeId, Raft};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::coalesce::CoalescingIo;
 use crate::codec;
@@ -104,14 +104,16 @@ impl RaftNode {
         self.inner.id
     }
 
-    /// Opens the group's storage, restores its state machine, and starts its loop on a
-    /// dedicated thread.
+    /// Opens the group's storage, restores its state machine, and starts its loop as a task
+    /// on the current tokio runtime (an error outside one).
     pub fn start_group<S: StateMachine>(
         &self,
         config: GroupConfig,
         mut state_machine: S,
     ) -> Result<RaftGroup<S>> {
         config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("a group must be started inside a tokio runtime".into()))?;
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Shutdown);
         }
@@ -132,7 +134,7 @@ impl RaftNode {
             self.inner.transport.learn_address(id, address);
         }
         let raft = Raft::new(config.raft_config(self.inner.id), recovery.restore).map_err(Error::Config)?;
-        let (inbox, inbox_receiver) = mpsc::sync_channel(GROUP_INBOX_INPUTS_MAX);
+        let (inbox, inbox_receiver) = tokio::sync::mpsc::channel(GROUP_INBOX_INPUTS_MAX);
         let snapshot_index = storage.latest_snapshot().map_or(LogIndex::ZERO, |s| s.meta.index);
         let (state, _) = watch::channel(GroupState {
             term: raft.term(),
@@ -169,11 +171,8 @@ impl RaftNode {
             shared.clone(),
             self.inner.shutdown.clone(),
         );
-        let thread_name = format!("raft-n{}-g{}", self.inner.id, config.group_id);
-        std::thread::Builder::new()
-            .name(thread_name)
-            .spawn(move || group_loop.run(inbox_receiver))
-            .map_err(|e| Error::Config(format!("cannot start the group's thread: {e}")))?;
+        let span = tracing::info_span!("raft", node_id = self.inner.id.0, group_id = config.group_id);
+        runtime.spawn(group_loop.run(inbox_receiver).instrument(span));
         write_lock(&self.inner.router.groups).insert(config.group_id, handle.clone());
         tracing::info!(
             node_id = self.inner.id.0,

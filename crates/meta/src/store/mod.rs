@@ -1,7 +1,7 @@
 //! The coordination store's replicated state machine: MVCC keys, transactions, leases,
 //! exactly-once sessions and alarms. Deterministic and free of I/O: the runtime feeds it
 //! committed [`Command`]s in log order and it answers [`CommandReply`]s; servers read it
-//! through the query methods on the group's thread.
+//! through the query methods in the group's loop.
 //!
 //! Rules every replica follows so that all agree (checked by the divergence detector):
 //! 1. `apply` depends only on the state and the command: no clock, no randomness, no
@@ -125,7 +125,7 @@ impl MetaStore {
         }
     }
 
-    /// Calls `observer` after every apply and restore (on the group's thread: keep it quick).
+    /// Calls `observer` after every apply and restore (in the group's loop: keep it quick).
     pub fn set_observer(&mut self, observer: impl FnMut(AppliedInfo) + Send + 'static) {
         self.observer = Some(Box::new(observer));
         self.notify();
