@@ -95,6 +95,10 @@ pub(crate) struct GroupLoop<S: StateMachine> {
 }
 
 /// Marks the group stopped when its loop ends, even by a panic (a broken core invariant).
+///
+/// A panic in the loop's `poll` drops the loop's live state while unwinding, this guard (the
+/// loop's first local) before the loop itself (its parameter): the stop reason is set before
+/// the pending callers' answer channels close, so they read `Fatal`, not a plain shutdown.
 struct StoppedGuard(Arc<GroupShared>);
 
 impl Drop for StoppedGuard {

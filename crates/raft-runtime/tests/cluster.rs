@@ -774,3 +774,65 @@ async fn a_slow_snapshot_neither_costs_leadership_nor_stops_writes_for_good() {
         node.shutdown().await;
     }
 }
+
+/// A [`KvStateMachine`] that panics when it applies `boom` (a bug in a state machine).
+struct PanicsOnBoom(KvStateMachine);
+
+impl shoal_raft_runtime::StateMachine for PanicsOnBoom {
+    fn apply(&mut self, index: LogIndex, command: &[u8]) -> Vec<u8> {
+        assert_ne!(command, b"boom", "the state machine cannot apply boom");
+        self.0.apply(index, command)
+    }
+
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.0.snapshot(out)
+    }
+
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.0.restore(input)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_loop_stops_the_group_with_a_fatal_error() {
+    // Goal: a panic in the group's loop (here the state machine's apply) stops the group,
+    // its pending proposer gets `Fatal` (not a plain shutdown, which would say nothing), later
+    // calls get the same, and the node's other work goes on.
+    init_tracing();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addresses = BTreeMap::from([(NodeId(1), listener.local_addr().expect("address").to_string())]);
+    let root = tempfile::tempdir().expect("temp dir");
+    let node = RaftNode::new(NodeOptions::new(NodeId(1), addresses)).expect("node");
+    let config = GroupConfig::new(GROUP, root.path().join("group"), [NodeId(1)]);
+    let group = node
+        .start_group(config, PanicsOnBoom(KvStateMachine::new()))
+        .expect("group starts");
+    group
+        .wait_for(WAIT, |s| s.role == Role::Leader)
+        .await
+        .expect("a single voter leads");
+    group
+        .propose(put("k", "v"))
+        .await
+        .expect("a normal write applies");
+    match group.propose(b"boom".to_vec()).await {
+        Err(Error::Fatal(message)) => assert!(message.contains("panicked"), "{message}"),
+        other => panic!("the proposer must learn of the panic, got {other:?}"),
+    }
+    group.closed().await;
+    assert!(group.state().stopped);
+    assert!(matches!(group.propose(put("k", "w")).await, Err(Error::Fatal(_))));
+    // The runtime is unharmed: another group starts and commits on the same node.
+    let other = node
+        .start_group(
+            GroupConfig::new(GROUP + 1, root.path().join("other"), [NodeId(1)]),
+            KvStateMachine::new(),
+        )
+        .expect("another group starts");
+    other
+        .wait_for(WAIT, |s| s.role == Role::Leader)
+        .await
+        .expect("it leads");
+    other.propose(put("k", "v")).await.expect("and commits");
+    node.shutdown().await;
+}
