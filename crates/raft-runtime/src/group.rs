@@ -364,7 +364,7 @@ impl<S: StateMachine> RaftGroup<S> {
     /// Takes a durable snapshot of the state machine at its applied index now (or joins the
     /// one being written), and returns its metadata and a reader of its data: what
     /// [`StateMachine::snapshot`] wrote, checked against its CRC when read to the end. The
-    /// snapshot is written on its own thread like the periodic ones (the group keeps
+    /// snapshot is written on a blocking thread like the periodic ones (the group keeps
     /// replicating meanwhile), never buffered in memory; it also resets the periodic cadence.
     pub async fn snapshot_now(&self) -> Result<(SnapshotMeta, SnapshotData)> {
         self.handle.snapshot_now().await

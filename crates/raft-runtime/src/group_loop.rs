@@ -15,7 +15,6 @@ use shoal_raft::{
 };
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::Receiver;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec;
@@ -35,7 +34,7 @@ struct PendingProposal {
     reply: Reply<Applied>,
 }
 
-/// A snapshot being written on its own thread, which holds the state machine meanwhile.
+/// A snapshot being written on a blocking thread, which holds the state machine meanwhile.
 ///
 /// Serializing a large state takes seconds (a 290 MB store: 0.8 s); in the group's loop
 /// that would stop heartbeats and cost the leader its leadership at every snapshot. Instead
@@ -44,9 +43,8 @@ struct PendingProposal {
 struct SnapshotJob<S> {
     index: LogIndex,
     started: Instant,
-    thread: std::thread::JoinHandle<(S, Result<StoredSnapshot>)>,
-    /// Resolves (its sender dropped) when the thread is done, even by a panic.
-    done: oneshot::Receiver<()>,
+    /// On one of the runtime's blocking threads.
+    task: tokio::task::JoinHandle<(S, Result<StoredSnapshot>)>,
 }
 
 struct PendingTransfer {
@@ -212,7 +210,7 @@ impl<S: StateMachine> GroupLoop<S> {
             }
         };
         // Never leave a snapshot half-written behind a stopped group.
-        let result = result.and(self.wait_snapshot_job().await);
+        let result = result.and(self.finish_snapshot_job(true).await);
         let reason = match result {
             Ok(()) => Error::Shutdown,
             Err(error) => {
@@ -444,7 +442,7 @@ impl<S: StateMachine> GroupLoop<S> {
 
         if !snapshot_chunks.is_empty() || snapshot_install.is_some() {
             // Installing the leader's snapshot replaces the state machine: take it back first.
-            self.wait_snapshot_job().await?;
+            self.finish_snapshot_job(true).await?;
         }
 
         // Rule 1: persist before sending. Snapshot chunks, then entries (one fsync for all of
@@ -720,10 +718,10 @@ impl<S: StateMachine> GroupLoop<S> {
     }
 
     /// Rule 5: every `snapshot_interval_entries` applied entries, snapshot the state machine
-    /// durably (on its own thread: see [`SnapshotJob`]); then compact the core's log and drop
+    /// durably (on a blocking thread: see [`SnapshotJob`]); then compact the core's log and drop
     /// the WAL prefix (see `maybe_compact`).
     async fn maybe_snapshot(&mut self) -> Result<()> {
-        self.finish_snapshot_job(false)?;
+        self.finish_snapshot_job(false).await?;
         self.maybe_compact().await?;
         // A snapshot asked for is not held back by a compaction still waiting for a follower
         // (one that is down could hold it for half an interval); the newer one replaces it.
@@ -732,10 +730,7 @@ impl<S: StateMachine> GroupLoop<S> {
         {
             return Ok(());
         }
-        let snapshot_index = self
-            .storage()
-            .latest_snapshot()
-            .map_or(LogIndex::ZERO, |s| s.meta.index);
+        let snapshot_index = self.snapshot_index();
         if !self.snapshot_waiters.is_empty() && self.applied <= snapshot_index {
             // The latest snapshot is the current state.
             self.answer_snapshot_waiters();
@@ -751,50 +746,32 @@ impl<S: StateMachine> GroupLoop<S> {
             return Ok(());
         };
         let addresses = self.member_addresses(&meta.membership);
-        let pending = self.storage_mut().begin_snapshot(&meta, &addresses)?;
+        let pending = self.storage().begin_snapshot(&meta, &addresses)?;
         let Some(state_machine) = self.state_machine.take() else {
             unreachable!("no snapshot job is running");
         };
-        let (done_sender, done) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("snap-n{}-g{}", self.id.0, self.group_id))
-            .spawn(move || {
-                let _done = done_sender;
-                let result = pending.write(&state_machine);
-                (state_machine, result)
-            });
-        match thread {
-            Ok(thread) => {
-                self.snapshot_job = Some(SnapshotJob {
-                    index: meta.index,
-                    started: Instant::now(),
-                    thread,
-                    done,
-                });
-                Ok(())
-            }
-            Err(error) => Err(Error::Fatal(format!("cannot start the snapshot thread: {error}"))),
-        }
+        let task = tokio::task::spawn_blocking(move || {
+            let result = pending.write(&state_machine);
+            (state_machine, result)
+        });
+        self.snapshot_job = Some(SnapshotJob {
+            index: meta.index,
+            started: Instant::now(),
+            task,
+        });
+        Ok(())
     }
 
-    /// Waits (without blocking the runtime) for the snapshot job, if any, and finishes it.
-    async fn wait_snapshot_job(&mut self) -> Result<()> {
-        if let Some(job) = self.snapshot_job.as_mut() {
-            let _ = (&mut job.done).await;
-        }
-        self.finish_snapshot_job(true)
-    }
-
-    /// Takes the state machine back from a finished snapshot job (joining its thread if
-    /// `wait`: only once the job signalled `done`, so the join is immediate), records the
-    /// snapshot for compaction, and applies and serves what waited meanwhile.
-    fn finish_snapshot_job(&mut self, wait: bool) -> Result<()> {
-        let Some(job) = self.snapshot_job.take_if(|job| wait || job.thread.is_finished()) else {
+    /// Takes the state machine back from the snapshot job once it finished (waiting for it,
+    /// without blocking the runtime, if `wait`), records the snapshot for compaction, and
+    /// applies and serves what waited meanwhile.
+    async fn finish_snapshot_job(&mut self, wait: bool) -> Result<()> {
+        let Some(job) = self.snapshot_job.take_if(|job| wait || job.task.is_finished()) else {
             return Ok(());
         };
-        let (state_machine, result) = match job.thread.join() {
+        let (state_machine, result) = match job.task.await {
             Ok(returned) => returned,
-            Err(_) => return Err(Error::Fatal("the snapshot thread panicked".into())),
+            Err(_) => return Err(Error::Fatal("the snapshot job panicked".into())),
         };
         self.state_machine = Some(state_machine);
         let stored = match result {
@@ -820,6 +797,13 @@ impl<S: StateMachine> GroupLoop<S> {
         self.apply_deferred();
         self.release_reads();
         Ok(())
+    }
+
+    /// Index of the latest durable snapshot (zero before the first).
+    fn snapshot_index(&self) -> LogIndex {
+        self.storage()
+            .latest_snapshot()
+            .map_or(LogIndex::ZERO, |s| s.meta.index)
     }
 
     /// Answers `snapshot_now` callers with the latest durable snapshot.
@@ -885,10 +869,7 @@ impl<S: StateMachine> GroupLoop<S> {
             applied_index: self.applied,
             first_index: status.first_index,
             last_index: status.last_index,
-            snapshot_index: self
-                .storage()
-                .latest_snapshot()
-                .map_or(LogIndex::ZERO, |s| s.meta.index),
+            snapshot_index: self.snapshot_index(),
             addresses: self.member_addresses(&status.membership),
             membership: status.membership,
             progress: status
@@ -912,10 +893,7 @@ impl<S: StateMachine> GroupLoop<S> {
             commit_index: self.raft.commit_index(),
             applied_index: self.applied,
             last_index: self.raft.last_index(),
-            snapshot_index: self
-                .storage()
-                .latest_snapshot()
-                .map_or(LogIndex::ZERO, |s| s.meta.index),
+            snapshot_index: self.snapshot_index(),
             membership: self.raft.membership().clone(),
             stopped: false,
         };

@@ -35,8 +35,8 @@
 //! hand-offs when each group had its own thread; docs/BENCHMARKS.md). Disk work that blocks
 //! (the WAL write and fsync of a `Ready`, restoring a snapshot, compacting the WAL) runs on
 //! the runtime's blocking threads while the loop awaits it: workers never wait for a disk,
-//! and groups never wait for each other's disks. Snapshots are written on a thread of their
-//! own. `apply` and reads run on the loop's task, so they should be quick. Peer streams, the
+//! and groups never wait for each other's disks. Snapshots are written on a blocking thread
+//! too, for as long as they take. `apply` and reads run on the loop's task, so they should be quick. Peer streams, the
 //! gRPC servers and the clients are tokio tasks; the loop hands outbound messages to per-peer
 //! bounded queues without blocking.
 //!
@@ -70,7 +70,7 @@
 //!    holds the snapshot's index (or half an interval more entries applied), because the core
 //!    drops the whole prefix and a follower only slightly behind would otherwise need the
 //!    whole snapshot. The store keeps the two newest snapshots, so the one the core is sending
-//!    stays readable. The snapshot is written on a thread of its own that holds the state
+//!    stays readable. The snapshot is written on a blocking thread that holds the state
 //!    machine meanwhile: the loop keeps replicating and committing, and applies and local
 //!    reads wait for it.
 //! 5. Publish a [`GroupState`] (term, role, leader, commit, applied, ...) on a watch channel.

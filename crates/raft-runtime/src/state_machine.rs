@@ -10,7 +10,8 @@ use shoal_raft::LogIndex;
 ///
 /// Every replica applies the same commands in the same order, so `apply` must depend only on
 /// the machine's state and the command (no clock, no randomness, no I/O whose result can
-/// differ between replicas). All methods run on the group's own thread, one at a time.
+/// differ between replicas). Methods are called one at a time: `apply`, `restore` and reads
+/// in the group's loop, `snapshot` on a blocking thread that holds the machine meanwhile.
 pub trait StateMachine: std::any::Any + Send {
     /// Applies a committed command at `index` and returns the reply for the proposer. Called
     /// exactly once per committed command, in log order (crate contract rule 2). A command

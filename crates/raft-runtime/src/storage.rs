@@ -368,7 +368,7 @@ impl GroupStorage {
     }
 
     /// Takes a durable snapshot of `state_machine` at `meta.index` on this thread (tests; the
-    /// group's loop writes snapshots on their own thread).
+    /// group's loop writes snapshots on a blocking thread).
     #[cfg(test)]
     pub fn save_snapshot<S: StateMachine>(
         &mut self,

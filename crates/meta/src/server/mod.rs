@@ -594,7 +594,7 @@ impl proto::maintenance_server::Maintenance for MetaServer {
         _request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_serving()?;
-        // A durable snapshot written on its own thread (the group keeps replicating), then
+        // A durable snapshot written on a blocking thread (the group keeps replicating), then
         // streamed from its file: never a copy of the store in memory.
         let (meta, mut data) = self.inner.group.snapshot_now().await.map_err(raft_status)?;
         let raft_index = meta.index.0;
