@@ -27,6 +27,13 @@ pub const LEASE_KEYS_LISTED_MAX: usize = 1000;
 pub const SESSIONS_MAX: usize = 10_000;
 /// Unacknowledged replies remembered per session (writes in flight at once per client).
 pub const SESSION_REPLIES_MAX: usize = 1024;
+/// Requests of one `Pipeline` stream a server works on at once; it reads no more of that
+/// stream's requests until one is answered. Cost: this many requests and answers (a range
+/// answer is at most [`RANGE_RESPONSE_BYTES_MAX`]) per pipeline.
+pub const PIPELINE_IN_FLIGHT_MAX: usize = 128;
+/// Bytes of one request message a server decodes: a request at [`REQUEST_BYTES_MAX`] with
+/// its envelope. A larger message fails the call, or breaks the pipeline, that carries it.
+pub const REQUEST_MESSAGE_BYTES_MAX: usize = REQUEST_BYTES_MAX + 64 * 1024;
 /// Watch streams open at once from one client connection; past it: TOO_MANY_REQUESTS.
 pub const WATCHES_PER_CONNECTION_MAX: usize = 1024;
 /// Watch streams open at once on one server.

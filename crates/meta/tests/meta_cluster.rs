@@ -679,6 +679,19 @@ async fn a_retried_write_applies_once() {
         "the retry got the first reply"
     );
     assert_eq!(first.header.unwrap().revision, retry.header.unwrap().revision);
+    // (The unary Range call, which other gRPC clients use, reads it back.)
+    let read = kv
+        .range(proto::RangeRequest {
+            key: b"counter".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (read.kvs[0].value.as_slice(), read.kvs[0].version),
+        (&b"2"[..], 2)
+    );
     assert_eq!(client.get("counter").await.unwrap().unwrap().value, b"2");
     assert_eq!(
         client.get("counter").await.unwrap().unwrap().version,
@@ -934,4 +947,199 @@ async fn periodic_compaction_forgets_old_revisions() {
         .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::Compacted));
     assert_eq!(client.get("c").await.unwrap().unwrap().value, b"latest");
+}
+
+/// Sends `requests` over one pipeline to `address` and returns every answer by id.
+async fn pipeline_answers(
+    address: &str,
+    requests: Vec<proto::PipelineRequest>,
+) -> BTreeMap<u64, Vec<Option<proto::pipeline_response::Response>>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut answers = proto::kv_client::KvClient::new(channel)
+        .pipeline(tokio_stream::iter(requests))
+        .await
+        .expect("pipeline opens")
+        .into_inner();
+    let mut by_id: BTreeMap<u64, Vec<_>> = BTreeMap::new();
+    // The stream ends once every request is answered (the client's side has ended).
+    while let Some(answer) = tokio::time::timeout(WAIT, answers.message())
+        .await
+        .expect("answers in time")
+        .expect("the pipeline does not break")
+    {
+        by_id.entry(answer.id).or_default().push(answer.response);
+    }
+    by_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_answers_every_request_once_under_its_id() {
+    // Goal: over one pipeline, many writes and reads in flight together each get exactly one
+    // answer, under their own id, with what the unary call would have answered: the reply,
+    // or the store's error (too large, future revision, empty request, not the leader).
+    use proto::pipeline_request::Request as Req;
+    use proto::pipeline_response::Response as Resp;
+    let cluster = Cluster::start(3, ServerOptions::default()).await;
+    let client = cluster.client();
+    client.put("p/warm", "up").await.expect("first put");
+    let leader = cluster.leader().await;
+    let write = |seq: u64, key: Vec<u8>| {
+        Req::Write(proto::Command {
+            session: Some(proto::Session {
+                client_id: 4242,
+                seq,
+                ack_below: 1,
+            }),
+            op: Some(command::Op::Put(proto::PutRequest {
+                key,
+                value: format!("v{seq}").into_bytes(),
+                ..Default::default()
+            })),
+        })
+    };
+    let range = |key: &str, revision: i64| {
+        Req::Range(proto::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            revision,
+            ..Default::default()
+        })
+    };
+    let mut requests = Vec::new();
+    for i in 0..60u64 {
+        requests.push((2 * i + 1, Some(write(i + 1, format!("p/{i}").into_bytes()))));
+        requests.push((2 * i + 2, Some(range("p/warm", 0))));
+    }
+    let too_large = vec![b'k'; shoal_meta::limits::KEY_BYTES_MAX + 1];
+    requests.push((1000, Some(write(1000, too_large))));
+    requests.push((1001, Some(range("p/warm", 1_000_000))));
+    requests.push((1002, None));
+    let requests: Vec<_> = requests
+        .into_iter()
+        .map(|(id, request)| proto::PipelineRequest { id, request })
+        .collect();
+    let answers = pipeline_answers(&cluster.addresses[&leader], requests.clone()).await;
+    assert_eq!(
+        answers.keys().copied().collect::<Vec<_>>(),
+        requests
+            .iter()
+            .map(|r| r.id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "every request is answered"
+    );
+    let error_code = |id: u64| match &answers[&id][..] {
+        [Some(Resp::Error(e))] => ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("request {id}: expected one error, got {other:?}"),
+    };
+    for i in 0..60u64 {
+        match &answers[&(2 * i + 1)][..] {
+            [Some(Resp::Write(proto::CommandReply {
+                reply: Some(command_reply::Reply::Put(put)),
+            }))] => assert!(put.header.unwrap().revision > 1),
+            other => panic!("put {i}: expected one put reply, got {other:?}"),
+        }
+        match &answers[&(2 * i + 2)][..] {
+            [Some(Resp::Range(r))] => assert_eq!(r.kvs[0].value, b"up"),
+            other => panic!("read {i}: expected one range answer, got {other:?}"),
+        }
+    }
+    assert_eq!(error_code(1000), ErrorCode::TooLarge);
+    assert_eq!(error_code(1001), ErrorCode::FutureRevision);
+    assert_eq!(error_code(1002), ErrorCode::InvalidArgument);
+    for i in 0..60u64 {
+        let kv = client
+            .get(format!("p/{i}"))
+            .await
+            .unwrap()
+            .expect("the put applied");
+        assert_eq!((kv.value, kv.version), (format!("v{}", i + 1).into_bytes(), 1));
+    }
+
+    // A follower refuses writes with the leader's address, as a unary call would.
+    let follower = cluster.addresses.keys().find(|id| **id != leader).unwrap();
+    let answers = pipeline_answers(
+        &cluster.addresses[follower],
+        vec![proto::PipelineRequest {
+            id: 7,
+            request: Some(write(500, b"p/x".to_vec())),
+        }],
+    )
+    .await;
+    match &answers[&7][..] {
+        [Some(Resp::Error(e))] => {
+            assert_eq!(e.code, ErrorCode::NotLeader as i32);
+            assert_eq!(e.leader_addr, cluster.addresses[&leader]);
+        }
+        other => panic!("expected NOT_LEADER, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_from_many_tasks_apply_once_across_a_leader_stop() {
+    // Goal: tasks sharing one client (so one pipeline per member) keep writing while the
+    // leader is stopped: the writes in flight on the broken pipeline are retried at the new
+    // leader, every write is acknowledged, and none applies twice (each key has version 1).
+    let mut cluster = Cluster::start(3, ServerOptions::default()).await;
+    let client = cluster.client();
+    client.put("m/warm", "up").await.expect("first put");
+    let leader = cluster.leader().await;
+    let n_tasks = 16;
+    let n_puts = 40;
+    let halfway = Arc::new(tokio::sync::Barrier::new(n_tasks + 1));
+    let mut tasks = Vec::new();
+    for t in 0..n_tasks {
+        let client = client.clone();
+        let halfway = halfway.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..n_puts {
+                if j == n_puts / 2 {
+                    halfway.wait().await;
+                }
+                client
+                    .put(format!("m/{t}/{j}"), format!("{t}-{j}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("put m/{t}/{j}: {e}"));
+            }
+        }));
+    }
+    halfway.wait().await;
+    cluster.stop(leader).await;
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    let (_, kvs) = client.get_prefix(b"m/").await.expect("read back");
+    assert_eq!(kvs.len(), n_tasks * n_puts + 1, "every acknowledged put is there");
+    for kv in kvs {
+        assert_eq!(kv.version, 1, "{} applied once", String::from_utf8_lossy(&kv.key));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_read_is_refused_without_breaking_the_pipeline() {
+    // Goal: a request too large for the member gets a clear TOO_LARGE from the client, and
+    // the requests that share its pipeline go on (none fails, none is retried twice).
+    let cluster = Cluster::start(3, ServerOptions::default()).await;
+    let client = cluster.client();
+    client.put("o/a", "1").await.expect("first put");
+    let pending: Vec<_> = (0..20)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.put(format!("o/{i}"), "x").await })
+        })
+        .collect();
+    let huge = proto::RangeRequest {
+        key: vec![b'k'; shoal_meta::limits::REQUEST_BYTES_MAX + 100 * 1024],
+        ..Default::default()
+    };
+    let refused = client.range(huge).await.expect_err("refused");
+    assert_eq!(code(&refused), Some(ErrorCode::TooLarge), "{refused}");
+    for put in pending {
+        put.await.unwrap().expect("puts beside it succeed");
+    }
+    assert_eq!(client.get("o/a").await.unwrap().unwrap().version, 1);
 }

@@ -12,6 +12,10 @@
 //! connection is opened to the member that `Maintenance.Status` names as leader), while
 //! serializable reads and watches are spread over the members, connection `i` on endpoint
 //! `i mod n`.
+//!
+//! Each target is driven through its own client API: Shoal's `MetaClient` sends a
+//! connection's requests over one pipelined stream (the `Pipeline` RPC), etcd's client makes
+//! one unary gRPC call per request (etcd's v3 API has no pipelined form).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

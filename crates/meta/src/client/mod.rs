@@ -10,6 +10,7 @@
 //!   received, so a member or leader failure loses and repeats no event.
 //! - [`recipes`]: a distributed lock with fencing tokens and a leader election.
 
+mod pipeline;
 pub mod recipes;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,8 +24,11 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::limits::REQUEST_BYTES_MAX;
-use crate::proto::{self, command, command_reply, Command, ErrorCode, KeyValue, Session};
+use crate::proto::{
+    self, command, command_reply, pipeline_request, pipeline_response, Command, ErrorCode, KeyValue, Session,
+};
 use crate::store::prefix_end;
+use pipeline::Pipeline;
 
 /// How a [`MetaClient`] waits and retries.
 #[derive(Clone, Debug)]
@@ -78,9 +82,17 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A connection to one member: its channel for unary and streaming calls, and the pipeline
+/// that carries reads and writes.
+#[derive(Clone)]
+struct Conn {
+    channel: Channel,
+    pipeline: Pipeline,
+}
+
 struct State {
     leader: Option<String>,
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, Conn>,
     next_endpoint_idx: usize,
 }
 
@@ -221,19 +233,43 @@ impl MetaClient {
     }
 
     async fn channel(&self, endpoint: &str) -> std::result::Result<Channel, String> {
-        if let Some(channel) = lock(&self.inner.state).channels.get(endpoint) {
-            return Ok(channel.clone());
+        self.connection(endpoint).await.map(|conn| conn.channel)
+    }
+
+    /// The connection to `endpoint`, made (with its pipeline) if there is none or its
+    /// pipeline has ended.
+    async fn connection(&self, endpoint: &str) -> std::result::Result<Conn, String> {
+        if let Some(conn) = lock(&self.inner.state).channels.get(endpoint) {
+            if !conn.pipeline.has_ended() {
+                return Ok(conn.clone());
+            }
         }
+        let connect_timeout = Duration::from_millis(500).min(self.inner.options.request_timeout);
         let channel = coalesce::connect(
             Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| e.to_string())?,
-            Duration::from_millis(500).min(self.inner.options.request_timeout),
+            connect_timeout,
         )
         .await
         .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        let pipeline = match tokio::time::timeout(connect_timeout, Pipeline::open(channel.clone())).await {
+            Err(_) => {
+                return Err(format!(
+                    "{endpoint} did not open a pipeline within {connect_timeout:?}"
+                ))
+            }
+            Ok(Err(status)) => {
+                return Err(format!(
+                    "cannot open a pipeline to {endpoint}: {}",
+                    status.message()
+                ))
+            }
+            Ok(Ok(pipeline)) => pipeline,
+        };
+        let conn = Conn { channel, pipeline };
         lock(&self.inner.state)
             .channels
-            .insert(endpoint.to_string(), channel.clone());
-        Ok(channel)
+            .insert(endpoint.to_string(), conn.clone());
+        Ok(conn)
     }
 
     fn forget_channel(&self, endpoint: &str) {
@@ -260,7 +296,7 @@ impl MetaClient {
     /// read, or a write carrying its session).
     async fn run<T, F, Fut>(&self, any_member: bool, safe_to_repeat: bool, mut call: F) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + self.inner.options.retry_timeout;
@@ -280,7 +316,7 @@ impl MetaClient {
             } else {
                 self.pick_endpoint()
             };
-            let attempt = match self.channel(&endpoint).await {
+            let attempt = match self.connection(&endpoint).await {
                 Err(message) => {
                     self.forget_channel(&endpoint);
                     Attempt::Retry {
@@ -288,8 +324,8 @@ impl MetaClient {
                         leader: None,
                     }
                 }
-                Ok(channel) => {
-                    match tokio::time::timeout(self.inner.options.request_timeout, call(channel)).await {
+                Ok(conn) => {
+                    match tokio::time::timeout(self.inner.options.request_timeout, call(conn)).await {
                         Err(_) => Attempt::Unknown {
                             message: format!(
                                 "no answer from {endpoint} within {:?}",
@@ -376,16 +412,15 @@ impl MetaClient {
             });
         }
         let result = self
-            .run(false, true, |channel| {
-                let command = command.clone();
-                async move {
-                    let mut kv = proto::kv_client::KvClient::new(channel)
-                        .max_decoding_message_size(64 * 1024 * 1024)
-                        .max_encoding_message_size(64 * 1024 * 1024);
-                    kv.write(command).await.map(|r| r.into_inner())
-                }
+            .run(false, true, |conn| {
+                conn.pipeline
+                    .call(pipeline_request::Request::Write(command.clone()))
             })
-            .await;
+            .await
+            .and_then(|answer| match answer {
+                pipeline_response::Response::Write(reply) => Ok(reply),
+                _ => Err(mismatched_answer()),
+            });
         // Acknowledged only once an answer came; an unknown outcome stays unacknowledged so a
         // later retry by the caller is still deduplicated.
         if !matches!(result, Err(Error::UnknownOutcome { .. })) {
@@ -466,17 +501,16 @@ impl MetaClient {
     /// A range read: linearizable at the leader, or `serializable` from any member.
     pub async fn range(&self, request: proto::RangeRequest) -> Result<proto::RangeResponse> {
         let any_member = request.serializable;
-        self.run(any_member, true, |channel| {
-            let request = request.clone();
-            async move {
-                proto::kv_client::KvClient::new(channel)
-                    .max_decoding_message_size(64 * 1024 * 1024)
-                    .range(request)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        match self
+            .run(any_member, true, |conn| {
+                conn.pipeline
+                    .call(pipeline_request::Request::Range(request.clone()))
+            })
+            .await?
+        {
+            pipeline_response::Response::Range(response) => Ok(response),
+            _ => Err(mismatched_answer()),
+        }
     }
 
     /// The current value of `key` (linearizable).
@@ -542,7 +576,7 @@ impl MetaClient {
 
     /// Renews lease `id` for its TTL; returns the TTL.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
-        self.run(false, true, |channel| async move {
+        self.run(false, true, |Conn { channel, .. }| async move {
             proto::lease_client::LeaseClient::new(channel)
                 .keep_alive(proto::LeaseKeepAliveRequest { id })
                 .await
@@ -552,7 +586,7 @@ impl MetaClient {
     }
 
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<proto::LeaseStatus> {
-        self.run(false, true, |channel| async move {
+        self.run(false, true, |Conn { channel, .. }| async move {
             proto::lease_client::LeaseClient::new(channel)
                 .time_to_live(proto::LeaseTimeToLiveRequest { id, keys })
                 .await
@@ -562,7 +596,7 @@ impl MetaClient {
     }
 
     pub async fn lease_list(&self) -> Result<Vec<proto::LeaseStatus>> {
-        self.run(false, true, |channel| async move {
+        self.run(false, true, |Conn { channel, .. }| async move {
             proto::lease_client::LeaseClient::new(channel)
                 .list(proto::LeaseListRequest {})
                 .await
@@ -634,7 +668,7 @@ impl MetaClient {
     /// Streams a snapshot of the store from a member to `out`; returns (bytes, revision).
     pub async fn snapshot(&self, out: &mut (impl std::io::Write + Send)) -> Result<(u64, i64)> {
         let mut stream = self
-            .run(true, true, |channel| async move {
+            .run(true, true, |Conn { channel, .. }| async move {
                 proto::maintenance_client::MaintenanceClient::new(channel)
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .snapshot(proto::SnapshotRequest {})
@@ -732,7 +766,7 @@ impl Watcher {
                 request.start_revision = self.next_revision;
                 let opened = self
                     .client
-                    .run(true, true, |channel| {
+                    .run(true, true, |Conn { channel, .. }| {
                         let request = request.clone();
                         async move {
                             proto::watch_client::WatchClient::new(channel)
@@ -800,6 +834,13 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+fn mismatched_answer() -> Error {
+    Error::Server {
+        code: ErrorCode::Internal,
+        message: "the member answered a read with a write's reply or the reverse".to_string(),
     }
 }
 

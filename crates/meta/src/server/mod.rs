@@ -16,6 +16,7 @@
 //! leader hint); [`crate::client`] decodes them.
 
 mod leader;
+mod pipeline;
 mod watch;
 
 use std::collections::HashMap;
@@ -98,7 +99,7 @@ impl MetaServer {
     ) -> shoal_raft_runtime::Result<MetaServer> {
         let mut config = config;
         // A request at the size limit, with its envelope, must fit in one log entry.
-        config.raft.entry_bytes_max = config.raft.entry_bytes_max.max(REQUEST_BYTES_MAX + 64 * 1024);
+        config.raft.entry_bytes_max = config.raft.entry_bytes_max.max(REQUEST_MESSAGE_BYTES_MAX);
         let (applied_tx, applied) = tokio_watch::channel(AppliedInfo::default());
         store.set_observer(move |info| {
             applied_tx.send_replace(info);
@@ -125,7 +126,7 @@ impl MetaServer {
     /// The gRPC services, to serve with `RaftNode::serve_with`.
     pub fn routes(&self) -> tonic::service::Routes {
         let kv = proto::kv_server::KvServer::new(self.clone())
-            .max_decoding_message_size(REQUEST_BYTES_MAX + 64 * 1024)
+            .max_decoding_message_size(REQUEST_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RANGE_RESPONSE_BYTES_MAX + 1024 * 1024);
         let watch = proto::watch_server::WatchServer::new(self.clone());
         let lease = proto::lease_server::LeaseServer::new(self.clone());
@@ -329,16 +330,7 @@ impl proto::kv_server::Kv for MetaServer {
         &self,
         request: Request<proto::RangeRequest>,
     ) -> Result<Response<proto::RangeResponse>, Status> {
-        let request = request.into_inner();
-        let serializable = request.serializable;
-        let mut response = self
-            .read(serializable, move |store| {
-                store.range(&request, RANGE_RESPONSE_BYTES_MAX)
-            })
-            .await?
-            .map_err(status)?;
-        response.header = Some(self.header(response.header));
-        Ok(Response::new(response))
+        self.range_request(request.into_inner()).await.map(Response::new)
     }
 
     async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
@@ -380,7 +372,39 @@ impl proto::kv_server::Kv for MetaServer {
     }
 
     async fn write(&self, request: Request<Command>) -> Result<Response<CommandReply>, Status> {
-        let command = request.into_inner();
+        self.write_request(request.into_inner()).await.map(Response::new)
+    }
+
+    type PipelineStream = pipeline::ResponseStream;
+
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<proto::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        self.check_serving()?;
+        Ok(Response::new(pipeline::ResponseStream::new(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
+}
+
+impl MetaServer {
+    /// A range read as the `Range` RPC answers it.
+    async fn range_request(&self, request: proto::RangeRequest) -> Result<proto::RangeResponse, Status> {
+        let serializable = request.serializable;
+        let mut response = self
+            .read(serializable, move |store| {
+                store.range(&request, RANGE_RESPONSE_BYTES_MAX)
+            })
+            .await?
+            .map_err(status)?;
+        response.header = Some(self.header(response.header));
+        Ok(response)
+    }
+
+    /// A client's command as the `Write` RPC answers it.
+    async fn write_request(&self, command: Command) -> Result<CommandReply, Status> {
         let leader_only = matches!(
             command.op,
             Some(command::Op::LeaseExpire(_))
@@ -399,7 +423,7 @@ impl proto::kv_server::Kv for MetaServer {
             leader::start_deadline(&self.inner, grant.id, grant.ttl_seconds);
         }
         set_reply_header(&mut reply, |h| self.header(h));
-        Ok(Response::new(CommandReply { reply: Some(reply) }))
+        Ok(CommandReply { reply: Some(reply) })
     }
 }
 

@@ -1,0 +1,215 @@
+//! The `Pipeline` RPC: many reads and writes over one stream, answered as they finish.
+//!
+//! A unary call costs an HTTP/2 stream of its own (headers, trailers, a task on the server)
+//! per request; on a busy member that is most of a request's CPU outside the store. Over a
+//! pipeline a request is one message, and answers that are ready together leave in one
+//! frame (tonic gathers the messages a stream yields in one poll).
+//!
+//! The whole pipeline runs inside the task that sends its answers: [`ResponseStream`] reads
+//! requests while fewer than [`PIPELINE_IN_FLIGHT_MAX`] are unanswered, works on them
+//! concurrently, and yields each answer when it is done. Nothing is spawned per request, and
+//! a client that stops reading answers stops the server reading its requests (HTTP/2 flow
+//! control then holds the client back): a pipeline's memory is bounded by its in-flight
+//! limit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, Stream};
+use prost::Message;
+use tonic::{Status, Streaming};
+
+use super::MetaServer;
+use crate::limits::PIPELINE_IN_FLIGHT_MAX;
+use crate::proto::{self, pipeline_request, pipeline_response, ErrorCode, PipelineRequest, PipelineResponse};
+use crate::store;
+
+type Answer = Pin<Box<dyn Future<Output = PipelineResponse> + Send>>;
+
+/// The answers of one pipeline (see the module docs): `S` is the stream of requests,
+/// `answer` starts the work on one.
+pub struct ResponseStream<S = Streaming<PipelineRequest>> {
+    answer: Box<dyn Fn(PipelineRequest) -> Answer + Send>,
+    /// `None` once the client closed its side (or it broke).
+    requests: Option<S>,
+    in_flight: FuturesUnordered<Answer>,
+}
+
+impl ResponseStream {
+    pub(super) fn new(server: MetaServer, requests: Streaming<PipelineRequest>) -> ResponseStream {
+        ResponseStream::with_answer(requests, move |request| Box::pin(answer(server.clone(), request)))
+    }
+}
+
+impl<S> ResponseStream<S> {
+    fn with_answer(
+        requests: S,
+        answer: impl Fn(PipelineRequest) -> Answer + Send + 'static,
+    ) -> ResponseStream<S> {
+        ResponseStream {
+            answer: Box::new(answer),
+            requests: Some(requests),
+            in_flight: FuturesUnordered::new(),
+        }
+    }
+}
+
+impl<S: Stream<Item = Result<PipelineRequest, Status>> + Unpin> Stream for ResponseStream<S> {
+    type Item = Result<PipelineResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        while this.in_flight.len() < PIPELINE_IN_FLIGHT_MAX {
+            let Some(requests) = this.requests.as_mut() else {
+                break;
+            };
+            match Pin::new(requests).poll_next(cx) {
+                Poll::Ready(Some(Ok(request))) => this.in_flight.push((this.answer)(request)),
+                // The client closed its side: answer what is in flight, then end.
+                Poll::Ready(None) => this.requests = None,
+                // An undecodable or oversized message, or a broken connection: the stream
+                // ends with that error; the requests in flight go unanswered (the client
+                // learns that their outcome is unknown).
+                Poll::Ready(Some(Err(status))) => {
+                    this.requests = None;
+                    this.in_flight.clear();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Pending => break,
+            }
+        }
+        match Pin::new(&mut this.in_flight).poll_next(cx) {
+            Poll::Ready(Some(response)) => Poll::Ready(Some(Ok(response))),
+            // Nothing in flight: done if the client is, else the request stream's waker is set.
+            Poll::Ready(None) if this.requests.is_none() => Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Answers one request as the unary RPC of the same kind would.
+async fn answer(server: MetaServer, request: PipelineRequest) -> PipelineResponse {
+    let response = match request.request {
+        Some(pipeline_request::Request::Range(range)) => server
+            .range_request(range)
+            .await
+            .map(pipeline_response::Response::Range),
+        Some(pipeline_request::Request::Write(command)) => server
+            .write_request(command)
+            .await
+            .map(pipeline_response::Response::Write),
+        None => Err(super::status(store::error(
+            ErrorCode::InvalidArgument,
+            "a pipeline request without a request",
+        ))),
+    };
+    PipelineResponse {
+        id: request.id,
+        response: Some(
+            response.unwrap_or_else(|status| pipeline_response::Response::Error(error_of(&status))),
+        ),
+    }
+}
+
+/// The store error a status carries (the store's refusals all carry one), else an
+/// INTERNAL error with the status's message (a reply the server could not make sense of).
+fn error_of(status: &Status) -> proto::Error {
+    match proto::Error::decode(status.details()) {
+        Ok(error) if error.code != ErrorCode::Unspecified as i32 => error,
+        _ => store::error(ErrorCode::Internal, status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::{FutureExt, StreamExt};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn request(id: u64) -> Result<PipelineRequest, Status> {
+        Ok(PipelineRequest { id, request: None })
+    }
+
+    fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        Pin::new(stream).poll_next(&mut cx)
+    }
+
+    #[test]
+    fn at_most_the_in_flight_limit_is_read_and_each_request_is_answered_once() {
+        // Goal: with every request still being worked on, the stream reads exactly
+        // PIPELINE_IN_FLIGHT_MAX of them and no more; each finished one lets one more in; the
+        // stream ends after the client's side ended and every answer went out.
+        let n = PIPELINE_IN_FLIGHT_MAX as u64 + 10;
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
+        let requests = futures_util::stream::iter((1..=n).map(request)).inspect(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let (finish, finishes) = std::sync::mpsc::channel::<(u64, oneshot::Sender<()>)>();
+        let mut stream = ResponseStream::with_answer(requests, move |request| {
+            let (done, wait) = oneshot::channel();
+            finish.send((request.id, done)).unwrap();
+            Box::pin(async move {
+                let _ = wait.await;
+                PipelineResponse {
+                    id: request.id,
+                    response: None,
+                }
+            })
+        });
+        assert!(poll_once(&mut stream).is_pending());
+        assert_eq!(read.load(Ordering::SeqCst), PIPELINE_IN_FLIGHT_MAX);
+        let mut started: Vec<_> = finishes.try_iter().collect();
+        assert_eq!(started.len(), PIPELINE_IN_FLIGHT_MAX);
+        // The 5th request finishes: its answer comes out, and one more request is read.
+        let (id, done) = started.remove(4);
+        done.send(()).unwrap();
+        match poll_once(&mut stream) {
+            Poll::Ready(Some(Ok(answer))) => assert_eq!(answer.id, id),
+            other => panic!("expected the answer to {id}, got {other:?}"),
+        }
+        assert!(poll_once(&mut stream).is_pending());
+        assert_eq!(read.load(Ordering::SeqCst), PIPELINE_IN_FLIGHT_MAX + 1);
+        started.extend(finishes.try_iter());
+        // Everything finishes: every id is answered exactly once, then the stream ends.
+        let mut answered = vec![id];
+        loop {
+            for (_, done) in started.drain(..) {
+                done.send(()).unwrap();
+            }
+            match poll_once(&mut stream) {
+                Poll::Ready(Some(Ok(answer))) => answered.push(answer.id),
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Err(status))) => panic!("unexpected error {status}"),
+                Poll::Pending => {}
+            }
+            started.extend(finishes.try_iter());
+        }
+        answered.sort_unstable();
+        assert_eq!(answered, (1..=n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_broken_request_stream_ends_the_answers_with_its_error() {
+        let requests = futures_util::stream::iter(vec![request(1), Err(Status::data_loss("torn"))]);
+        let mut stream = ResponseStream::with_answer(requests, |request| {
+            Box::pin(std::future::pending::<()>().map(move |()| PipelineResponse {
+                id: request.id,
+                response: None,
+            }))
+        });
+        match poll_once(&mut stream) {
+            Poll::Ready(Some(Err(status))) => assert_eq!(status.code(), tonic::Code::DataLoss),
+            other => panic!("expected the stream's error, got {other:?}"),
+        }
+        // Request 1 is dropped unanswered, and the stream has ended.
+        assert!(matches!(poll_once(&mut stream), Poll::Ready(None)));
+    }
+}
