@@ -1117,6 +1117,14 @@ async fn pipelined_writes_from_many_tasks_apply_once_across_a_leader_stop() {
     for kv in kvs {
         assert_eq!(kv.version, 1, "{} applied once", String::from_utf8_lossy(&kv.key));
     }
+    // The stopped member ended its pipelines, so the client reaches it again once it is
+    // back (not through a connection left draining).
+    cluster.restart(leader).await;
+    let status = client
+        .status_at(&cluster.addresses[&leader])
+        .await
+        .expect("the restarted member answers");
+    assert_eq!(status.header.expect("header").member_id, leader.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,16 +254,25 @@ impl RaftNode {
     }
 
     /// Stops every group, peer stream and server of this node and waits for the groups'
-    /// loops to exit (their storage is closed when this returns).
+    /// loops to exit (their storage is closed when this returns). Long-lived streams of the
+    /// services on this node end on [`RaftNode::cancelled`], so a server's graceful shutdown
+    /// does not wait for them. Safe to call again, also after a call was dropped midway (as
+    /// a server's shutdown signal may be): a group leaves the node only once it has stopped.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let groups: Vec<GroupHandle> = write_lock(&self.inner.router.groups)
-            .drain()
-            .map(|(_, group)| group)
+        let groups: Vec<(u64, GroupHandle)> = read_lock(&self.inner.router.groups)
+            .iter()
+            .map(|(id, group)| (*id, group.clone()))
             .collect();
-        for group in groups {
+        for (_, group) in &groups {
             group.stop();
+        }
+        for (_, group) in &groups {
             group.closed().await;
+        }
+        let mut routed = write_lock(&self.inner.router.groups);
+        for (id, _) in &groups {
+            routed.remove(id);
         }
     }
 

@@ -154,8 +154,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let shutdown = async {
+        // Stopping the node first ends the long-lived streams (watches, pipelines), which the
+        // server's graceful shutdown would otherwise wait for.
+        let stopping = node.clone();
+        let shutdown = async move {
             let _ = tokio::signal::ctrl_c().await;
+            stopping.shutdown().await;
         };
         node.serve_with(listener, shutdown, meta.routes())
             .await

@@ -1870,3 +1870,60 @@ fn process_server_refuses_a_foreign_data_dir_and_a_corrupt_wal() {
     let stderr = stderr_text(&output);
     assert!(stderr.to_lowercase().contains("corrupt"), "{}", describe(&output));
 }
+
+#[test]
+fn process_server_stops_on_sigint_while_a_watch_and_a_pipeline_are_open() {
+    // Goal: Ctrl-C stops a server promptly and cleanly (exit 0) although a client holds
+    // long-lived streams on it (a watch, and the pipeline its client opened): the server
+    // ends them rather than waiting for the client to leave.
+    use std::io::BufRead;
+    let _serial = serialize_cluster_tests();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let dir = scratch.path().join("member");
+    let addr = free_addresses(1).remove(0);
+    let mut server = spawn_single_server(dir.to_str().expect("UTF-8 path"), &addr);
+    shoal_until_success(&["kv", "put", "k", "0", "--endpoints", &addr, "--timeout", "2s"]);
+    let mut watch = KillOnDrop(
+        Command::new(shoal_binary())
+            .args(["kv", "watch", "k", "--endpoints", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the watch"),
+    );
+    // The watch is open once it reports a put made after it started.
+    let mut lines = std::io::BufReader::new(watch.0.stdout.take().expect("stdout")).lines();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            if line.contains("PUT") && seen_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut i = 1;
+    loop {
+        shoal_until_success(&["kv", "put", "k", &i.to_string(), "--endpoints", &addr]);
+        if seen_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch never reported a put");
+        i += 1;
+    }
+
+    signal(server.0.id(), "-INT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait for the server") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still runs 10 s after SIGINT with a watch open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the server exits cleanly on SIGINT: {status}");
+}

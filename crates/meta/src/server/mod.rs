@@ -72,6 +72,9 @@ impl Default for ServerOptions {
 
 pub(crate) struct Inner {
     pub group: RaftGroup<MetaStore>,
+    /// The node hosting the group: its shutdown ends the long-lived streams (pipelines,
+    /// watches), so a server's graceful shutdown does not wait for clients to leave.
+    pub node: RaftNode,
     pub node_id: NodeId,
     pub options: ServerOptions,
     pub applied: tokio_watch::Receiver<AppliedInfo>,
@@ -106,6 +109,7 @@ impl MetaServer {
         });
         let group = node.start_group(config, store)?;
         let inner = Arc::new(Inner {
+            node: node.clone(),
             node_id: group.node_id(),
             group,
             options,

@@ -31,14 +31,22 @@ type Answer = Pin<Box<dyn Future<Output = PipelineResponse> + Send>>;
 /// `answer` starts the work on one.
 pub struct ResponseStream<S = Streaming<PipelineRequest>> {
     answer: Box<dyn Fn(PipelineRequest) -> Answer + Send>,
-    /// `None` once the client closed its side (or it broke).
+    /// `None` once the client closed its side (or it broke), or the server is stopping.
     requests: Option<S>,
     in_flight: FuturesUnordered<Answer>,
+    /// Resolves when the server stops: no more requests are read, the stream ends once those
+    /// in flight are answered (the client reconnects elsewhere).
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl ResponseStream {
     pub(super) fn new(server: MetaServer, requests: Streaming<PipelineRequest>) -> ResponseStream {
-        ResponseStream::with_answer(requests, move |request| Box::pin(answer(server.clone(), request)))
+        let node = server.inner.node.clone();
+        ResponseStream::with_answer(
+            requests,
+            move |request| Box::pin(answer(server.clone(), request)),
+            async move { node.cancelled().await },
+        )
     }
 }
 
@@ -46,11 +54,13 @@ impl<S> ResponseStream<S> {
     fn with_answer(
         requests: S,
         answer: impl Fn(PipelineRequest) -> Answer + Send + 'static,
+        stopping: impl Future<Output = ()> + Send + 'static,
     ) -> ResponseStream<S> {
         ResponseStream {
             answer: Box::new(answer),
             requests: Some(requests),
             in_flight: FuturesUnordered::new(),
+            stopping: Box::pin(stopping),
         }
     }
 }
@@ -60,6 +70,9 @@ impl<S: Stream<Item = Result<PipelineRequest, Status>> + Unpin> Stream for Respo
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.requests.is_some() && this.stopping.as_mut().poll(cx).is_ready() {
+            this.requests = None;
+        }
         while this.in_flight.len() < PIPELINE_IN_FLIGHT_MAX {
             let Some(requests) = this.requests.as_mut() else {
                 break;
@@ -153,17 +166,15 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
         });
         let (finish, finishes) = std::sync::mpsc::channel::<(u64, oneshot::Sender<()>)>();
-        let mut stream = ResponseStream::with_answer(requests, move |request| {
+        let answer = move |request: PipelineRequest| -> Answer {
             let (done, wait) = oneshot::channel();
             finish.send((request.id, done)).unwrap();
-            Box::pin(async move {
-                let _ = wait.await;
-                PipelineResponse {
-                    id: request.id,
-                    response: None,
-                }
-            })
-        });
+            Box::pin(wait.map(move |_| PipelineResponse {
+                id: request.id,
+                response: None,
+            }))
+        };
+        let mut stream = ResponseStream::with_answer(requests, answer, std::future::pending());
         assert!(poll_once(&mut stream).is_pending());
         assert_eq!(read.load(Ordering::SeqCst), PIPELINE_IN_FLIGHT_MAX);
         let mut started: Vec<_> = finishes.try_iter().collect();
@@ -199,17 +210,54 @@ mod tests {
     #[test]
     fn a_broken_request_stream_ends_the_answers_with_its_error() {
         let requests = futures_util::stream::iter(vec![request(1), Err(Status::data_loss("torn"))]);
-        let mut stream = ResponseStream::with_answer(requests, |request| {
+        let answer = |request: PipelineRequest| -> Answer {
             Box::pin(std::future::pending::<()>().map(move |()| PipelineResponse {
                 id: request.id,
                 response: None,
             }))
-        });
+        };
+        let mut stream = ResponseStream::with_answer(requests, answer, std::future::pending());
         match poll_once(&mut stream) {
             Poll::Ready(Some(Err(status))) => assert_eq!(status.code(), tonic::Code::DataLoss),
             other => panic!("expected the stream's error, got {other:?}"),
         }
         // Request 1 is dropped unanswered, and the stream has ended.
         assert!(matches!(poll_once(&mut stream), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_stopping_server_reads_no_more_and_ends_after_the_answers_in_flight() {
+        // Goal: once the server stops, the stream reads no further request and ends as soon
+        // as the requests it holds are answered, although the client keeps its side open.
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (finish, finished) = oneshot::channel::<()>();
+        let finished = std::sync::Mutex::new(Some(finished));
+        let answer = move |request: PipelineRequest| -> Answer {
+            let finished = finished.lock().unwrap().take().expect("only request 1 is read");
+            Box::pin(finished.map(move |_| PipelineResponse {
+                id: request.id,
+                response: None,
+            }))
+        };
+        let mut stream = ResponseStream::with_answer(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(requests_rx),
+            answer,
+            stopped.map(|_| ()),
+        );
+        requests_tx.send(request(1)).unwrap();
+        assert!(poll_once(&mut stream).is_pending());
+        stop.send(()).unwrap();
+        requests_tx.send(request(2)).unwrap();
+        assert!(
+            poll_once(&mut stream).is_pending(),
+            "request 1 is still in flight"
+        );
+        finish.send(()).unwrap();
+        assert!(matches!(poll_once(&mut stream), Poll::Ready(Some(Ok(answer))) if answer.id == 1));
+        assert!(
+            matches!(poll_once(&mut stream), Poll::Ready(None)),
+            "request 2 was never read"
+        );
     }
 }

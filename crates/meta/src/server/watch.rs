@@ -155,6 +155,9 @@ impl MetaServer {
                 }
                 () = progress_due => progress = true,
                 () = tx.closed() => return Ok(()),
+                () = self.inner.node.cancelled() => {
+                    return Err(Status::unavailable("the server is shutting down; resume the watch elsewhere"));
+                }
             }
             if lock(&self.inner.corrupt).is_some() {
                 return Err(status(store::error(
