@@ -31,6 +31,9 @@ pub const SESSION_REPLIES_MAX: usize = 1024;
 /// stream's requests until one is answered. Cost: this many requests and answers (a range
 /// answer is at most [`RANGE_RESPONSE_BYTES_MAX`]) per pipeline.
 pub const PIPELINE_IN_FLIGHT_MAX: usize = 128;
+/// Bytes of one answer a server sends: a range page at [`RANGE_RESPONSE_BYTES_MAX`] with its
+/// envelope. A larger answer (a transaction of many reads) fails with TOO_LARGE.
+pub const RESPONSE_MESSAGE_BYTES_MAX: usize = RANGE_RESPONSE_BYTES_MAX + 1024 * 1024;
 /// Bytes of one request message a server decodes: a request at [`REQUEST_BYTES_MAX`] with
 /// its envelope. A larger message fails the call, or breaks the pipeline, that carries it.
 pub const REQUEST_MESSAGE_BYTES_MAX: usize = REQUEST_BYTES_MAX + 64 * 1024;

@@ -1128,26 +1128,56 @@ async fn pipelined_writes_from_many_tasks_apply_once_across_a_leader_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_read_is_refused_without_breaking_the_pipeline() {
-    // Goal: a request too large for the member gets a clear TOO_LARGE from the client, and
-    // the requests that share its pipeline go on (none fails, none is retried twice).
+async fn oversized_requests_and_answers_fail_alone_with_too_large() {
+    // Goal: a read too large to send, and a transaction whose answer is too large to send
+    // back, each fail at once with TOO_LARGE, while the writes sharing their pipeline go on.
+    // (Sent as is, either would end the stream: the member refuses to decode or encode such
+    // a message, and every request on the stream would then fail as unreachable and be
+    // retried, the oversized one again and again.)
     let cluster = Cluster::start(3, ServerOptions::default()).await;
     let client = cluster.client();
-    client.put("o/a", "1").await.expect("first put");
-    let pending: Vec<_> = (0..20)
+    let value = vec![b'v'; shoal_meta::limits::VALUE_BYTES_MAX];
+    for i in 0..6 {
+        client
+            .put(format!("big/{i}"), value.clone())
+            .await
+            .expect("a 1 MiB put");
+    }
+    let huge_read = proto::RangeRequest {
+        key: vec![b'k'; shoal_meta::limits::REQUEST_BYTES_MAX + 100 * 1024],
+        ..Default::default()
+    };
+    let refused = client.range(huge_read).await.expect_err("refused");
+    assert_eq!(code(&refused), Some(ErrorCode::TooLarge), "{refused}");
+
+    // Six 1 MiB values in one answer: over the 5 MiB an answer may take.
+    let reads = (0..6)
+        .map(|i| client::get_op(format!("big/{i}").as_bytes()))
+        .collect();
+    let writers: Vec<_> = (0..20)
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move { client.put(format!("o/{i}"), "x").await })
         })
         .collect();
-    let huge = proto::RangeRequest {
-        key: vec![b'k'; shoal_meta::limits::REQUEST_BYTES_MAX + 100 * 1024],
-        ..Default::default()
-    };
-    let refused = client.range(huge).await.expect_err("refused");
+    let started = Instant::now();
+    let refused = client
+        .txn(proto::TxnRequest {
+            success: reads,
+            ..Default::default()
+        })
+        .await
+        .expect_err("the answer is too large");
     assert_eq!(code(&refused), Some(ErrorCode::TooLarge), "{refused}");
-    for put in pending {
-        put.await.unwrap().expect("puts beside it succeed");
+    assert!(
+        started.elapsed() < fast_options().request_timeout,
+        "refused at once, not after retries: {:?}",
+        started.elapsed()
+    );
+    for put in writers {
+        put.await.unwrap().expect("the writes beside it succeed");
     }
-    assert_eq!(client.get("o/a").await.unwrap().unwrap().version, 1);
+    for i in 0..20 {
+        assert_eq!(client.get(format!("o/{i}")).await.unwrap().unwrap().version, 1);
+    }
 }

@@ -64,6 +64,8 @@ fn validate_addr(addr: &str) -> anyhow::Result<()> {
 
 /// The file in a data dir that names the cluster it belongs to: the initial `--peers`.
 const CLUSTER_FILE: &str = "cluster";
+/// How long a stopping server waits for its connections to close before it stops anyway.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Refuses a data dir created for another cluster (other initial members or addresses):
 /// starting on it would mix two clusters' logs. The first start records the cluster.
@@ -155,15 +157,28 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 .join(",")
         );
         // Stopping the node first ends the long-lived streams (watches, pipelines), which the
-        // server's graceful shutdown would otherwise wait for.
+        // server's graceful shutdown would otherwise wait for. Answers a client does not read
+        // (a paused client's) can still hold a connection open: the drain has a deadline.
         let stopping = node.clone();
+        let (signalled, on_signal) = tokio::sync::oneshot::channel();
         let shutdown = async move {
             let _ = tokio::signal::ctrl_c().await;
+            let _ = signalled.send(());
             stopping.shutdown().await;
         };
-        node.serve_with(listener, shutdown, meta.routes())
-            .await
-            .context("serving")?;
+        let drain_deadline = async {
+            match on_signal.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = node.serve_with(listener, shutdown, meta.routes()) => served.context("serving")?,
+            () = drain_deadline => eprintln!(
+                "shoal server {}: connections still open {SHUTDOWN_DRAIN_MAX:?} after the signal; stopping anyway",
+                args.id
+            ),
+        }
         node.shutdown().await;
         anyhow::Ok(())
     })

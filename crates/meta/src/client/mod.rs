@@ -83,11 +83,31 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A connection to one member: its channel for unary and streaming calls, and the pipeline
-/// that carries reads and writes.
+/// that carries reads and writes, opened by the first of them.
 #[derive(Clone)]
 struct Conn {
     channel: Channel,
-    pipeline: Pipeline,
+    pipeline: Arc<tokio::sync::OnceCell<Pipeline>>,
+}
+
+impl Conn {
+    /// Sends a read or write over this connection's pipeline.
+    async fn call(
+        self,
+        request: pipeline_request::Request,
+    ) -> std::result::Result<pipeline_response::Response, tonic::Status> {
+        let pipeline = self
+            .pipeline
+            .get_or_try_init(|| Pipeline::open(self.channel.clone()))
+            .await?
+            .clone();
+        pipeline.call(request).await
+    }
+
+    /// Whether this connection's pipeline has ended (a new connection is needed).
+    fn pipeline_ended(&self) -> bool {
+        self.pipeline.get().is_some_and(Pipeline::has_ended)
+    }
 }
 
 struct State {
@@ -236,36 +256,29 @@ impl MetaClient {
         self.connection(endpoint).await.map(|conn| conn.channel)
     }
 
-    /// The connection to `endpoint`, made (with its pipeline) if there is none or its
-    /// pipeline has ended.
+    /// The connection to `endpoint`, made if there is none or its pipeline has ended.
     async fn connection(&self, endpoint: &str) -> std::result::Result<Conn, String> {
         if let Some(conn) = lock(&self.inner.state).channels.get(endpoint) {
-            if !conn.pipeline.has_ended() {
+            if !conn.pipeline_ended() {
                 return Ok(conn.clone());
             }
         }
-        let connect_timeout = Duration::from_millis(500).min(self.inner.options.request_timeout);
+        let endpoint_settings = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| e.to_string())?
+            // A member that stops answering (paused, cut off) is noticed within 15 s even while
+            // nothing is waiting on it, so its pipeline's reader and socket do not linger.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
         let channel = coalesce::connect(
-            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| e.to_string())?,
-            connect_timeout,
+            endpoint_settings,
+            Duration::from_millis(500).min(self.inner.options.request_timeout),
         )
         .await
         .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        let pipeline = match tokio::time::timeout(connect_timeout, Pipeline::open(channel.clone())).await {
-            Err(_) => {
-                return Err(format!(
-                    "{endpoint} did not open a pipeline within {connect_timeout:?}"
-                ))
-            }
-            Ok(Err(status)) => {
-                return Err(format!(
-                    "cannot open a pipeline to {endpoint}: {}",
-                    status.message()
-                ))
-            }
-            Ok(Ok(pipeline)) => pipeline,
+        let conn = Conn {
+            channel,
+            pipeline: Arc::new(tokio::sync::OnceCell::new()),
         };
-        let conn = Conn { channel, pipeline };
         lock(&self.inner.state)
             .channels
             .insert(endpoint.to_string(), conn.clone());
@@ -413,8 +426,7 @@ impl MetaClient {
         }
         let result = self
             .run(false, true, |conn| {
-                conn.pipeline
-                    .call(pipeline_request::Request::Write(command.clone()))
+                conn.call(pipeline_request::Request::Write(command.clone()))
             })
             .await
             .and_then(|answer| match answer {
@@ -503,8 +515,7 @@ impl MetaClient {
         let any_member = request.serializable;
         match self
             .run(any_member, true, |conn| {
-                conn.pipeline
-                    .call(pipeline_request::Request::Range(request.clone()))
+                conn.call(pipeline_request::Request::Range(request.clone()))
             })
             .await?
         {

@@ -127,15 +127,18 @@ impl MetaServer {
         &self.inner.group
     }
 
-    /// The gRPC services, to serve with `RaftNode::serve_with`.
+    /// The gRPC services, to serve with `RaftNode::serve_with`. Their long-lived streams
+    /// (pipelines, watches) end when the node shuts down (`RaftNode::shutdown`), not when the
+    /// server's own shutdown signal fires: shut the node down first (or with that signal),
+    /// or the server's graceful shutdown waits for the clients to leave.
     pub fn routes(&self) -> tonic::service::Routes {
         let kv = proto::kv_server::KvServer::new(self.clone())
             .max_decoding_message_size(REQUEST_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RANGE_RESPONSE_BYTES_MAX + 1024 * 1024);
+            .max_encoding_message_size(RESPONSE_MESSAGE_BYTES_MAX);
         let watch = proto::watch_server::WatchServer::new(self.clone());
         let lease = proto::lease_server::LeaseServer::new(self.clone());
         let maintenance = proto::maintenance_server::MaintenanceServer::new(self.clone())
-            .max_encoding_message_size(RANGE_RESPONSE_BYTES_MAX + 1024 * 1024);
+            .max_encoding_message_size(RESPONSE_MESSAGE_BYTES_MAX);
         tonic::service::Routes::new(kv)
             .add_service(watch)
             .add_service(lease)
@@ -385,7 +388,7 @@ impl proto::kv_server::Kv for MetaServer {
         &self,
         request: Request<tonic::Streaming<proto::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
-        self.check_serving()?;
+        // (Each request checks that this member serves.)
         Ok(Response::new(pipeline::ResponseStream::new(
             self.clone(),
             request.into_inner(),

@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::{Status, Streaming};
 
 use super::MetaServer;
-use crate::limits::PIPELINE_IN_FLIGHT_MAX;
+use crate::limits::{PIPELINE_IN_FLIGHT_MAX, RESPONSE_MESSAGE_BYTES_MAX};
 use crate::proto::{self, pipeline_request, pipeline_response, ErrorCode, PipelineRequest, PipelineResponse};
 use crate::store;
 
@@ -117,20 +117,44 @@ async fn answer(server: MetaServer, request: PipelineRequest) -> PipelineRespons
             "a pipeline request without a request",
         ))),
     };
-    PipelineResponse {
+    let mut answer = PipelineResponse {
         id: request.id,
         response: Some(
             response.unwrap_or_else(|status| pipeline_response::Response::Error(error_of(&status))),
         ),
+    };
+    // An answer over the encoding limit would end the whole stream (and fail every request
+    // on it); it fails alone instead. (A transaction of many range reads can get there.)
+    if answer.encoded_len() > RESPONSE_MESSAGE_BYTES_MAX {
+        let message = format!(
+            "the answer is {} bytes, over the limit of {RESPONSE_MESSAGE_BYTES_MAX}; a write \
+             has applied nonetheless: read fewer keys per request",
+            answer.encoded_len()
+        );
+        answer.response = Some(pipeline_response::Response::Error(store::error(
+            ErrorCode::TooLarge,
+            message,
+        )));
     }
+    answer
 }
 
-/// The store error a status carries (the store's refusals all carry one), else an
-/// INTERNAL error with the status's message (a reply the server could not make sense of).
+/// The store error a status carries (the store's refusals all carry one). A status without
+/// one gets the code that makes the client treat it as it treats that status from a unary
+/// call: a bad request stays refused, anything else leaves the outcome unknown (it may come
+/// after a write applied).
 fn error_of(status: &Status) -> proto::Error {
     match proto::Error::decode(status.details()) {
         Ok(error) if error.code != ErrorCode::Unspecified as i32 => error,
-        _ => store::error(ErrorCode::Internal, status.message()),
+        _ => {
+            let code = match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                    ErrorCode::InvalidArgument
+                }
+                _ => ErrorCode::UnknownOutcome,
+            };
+            store::error(code, status.message())
+        }
     }
 }
 
@@ -148,10 +172,32 @@ mod tests {
         Ok(PipelineRequest { id, request: None })
     }
 
-    fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        Pin::new(stream).poll_next(&mut cx)
+    /// Polls a stream by hand with a waker that counts its wake-ups, so a test can check
+    /// that an event the stream waits for wakes it (a Pending without a registered waker
+    /// would hang a real server's task).
+    #[derive(Default)]
+    struct Poller(Arc<Wakes>);
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Poller {
+        fn poll<S: Stream + Unpin>(&self, stream: &mut S) -> Poll<Option<S::Item>> {
+            let waker = std::task::Waker::from(self.0.clone());
+            let mut cx = Context::from_waker(&waker);
+            Pin::new(stream).poll_next(&mut cx)
+        }
+
+        /// Whether the stream was woken since the last call.
+        fn woken(&self) -> bool {
+            self.0 .0.swap(0, Ordering::SeqCst) > 0
+        }
     }
 
     #[test]
@@ -175,31 +221,44 @@ mod tests {
             }))
         };
         let mut stream = ResponseStream::with_answer(requests, answer, std::future::pending());
-        assert!(poll_once(&mut stream).is_pending());
+        let poller = Poller::default();
+        assert!(poller.poll(&mut stream).is_pending());
         assert_eq!(read.load(Ordering::SeqCst), PIPELINE_IN_FLIGHT_MAX);
         let mut started: Vec<_> = finishes.try_iter().collect();
         assert_eq!(started.len(), PIPELINE_IN_FLIGHT_MAX);
         // The 5th request finishes: its answer comes out, and one more request is read.
         let (id, done) = started.remove(4);
+        poller.woken();
         done.send(()).unwrap();
-        match poll_once(&mut stream) {
+        assert!(poller.woken(), "a finished request wakes the stream");
+        match poller.poll(&mut stream) {
             Poll::Ready(Some(Ok(answer))) => assert_eq!(answer.id, id),
             other => panic!("expected the answer to {id}, got {other:?}"),
         }
-        assert!(poll_once(&mut stream).is_pending());
+        assert!(poller.poll(&mut stream).is_pending());
         assert_eq!(read.load(Ordering::SeqCst), PIPELINE_IN_FLIGHT_MAX + 1);
         started.extend(finishes.try_iter());
         // Everything finishes: every id is answered exactly once, then the stream ends.
         let mut answered = vec![id];
+        // (After a Pending, only a wake-up may lead to progress; after a Ready the consumer
+        // polls again anyway.)
+        let mut pending = true;
         loop {
+            let finishing = !started.is_empty();
+            poller.woken();
             for (_, done) in started.drain(..) {
                 done.send(()).unwrap();
             }
-            match poll_once(&mut stream) {
+            if pending {
+                assert!(finishing, "the stream waits, but no request is left to finish");
+                assert!(poller.woken(), "finished requests wake a pending stream");
+            }
+            pending = false;
+            match poller.poll(&mut stream) {
                 Poll::Ready(Some(Ok(answer))) => answered.push(answer.id),
                 Poll::Ready(None) => break,
                 Poll::Ready(Some(Err(status))) => panic!("unexpected error {status}"),
-                Poll::Pending => {}
+                Poll::Pending => pending = true,
             }
             started.extend(finishes.try_iter());
         }
@@ -217,12 +276,13 @@ mod tests {
             }))
         };
         let mut stream = ResponseStream::with_answer(requests, answer, std::future::pending());
-        match poll_once(&mut stream) {
+        let poller = Poller::default();
+        match poller.poll(&mut stream) {
             Poll::Ready(Some(Err(status))) => assert_eq!(status.code(), tonic::Code::DataLoss),
             other => panic!("expected the stream's error, got {other:?}"),
         }
         // Request 1 is dropped unanswered, and the stream has ended.
-        assert!(matches!(poll_once(&mut stream), Poll::Ready(None)));
+        assert!(matches!(poller.poll(&mut stream), Poll::Ready(None)));
     }
 
     #[test]
@@ -245,18 +305,23 @@ mod tests {
             answer,
             stopped.map(|_| ()),
         );
+        let poller = Poller::default();
         requests_tx.send(request(1)).unwrap();
-        assert!(poll_once(&mut stream).is_pending());
+        assert!(poller.poll(&mut stream).is_pending());
+        poller.woken();
         stop.send(()).unwrap();
+        assert!(poller.woken(), "the server stopping wakes the stream");
         requests_tx.send(request(2)).unwrap();
         assert!(
-            poll_once(&mut stream).is_pending(),
+            poller.poll(&mut stream).is_pending(),
             "request 1 is still in flight"
         );
+        poller.woken();
         finish.send(()).unwrap();
-        assert!(matches!(poll_once(&mut stream), Poll::Ready(Some(Ok(answer))) if answer.id == 1));
+        assert!(poller.woken(), "the answer wakes the stream");
+        assert!(matches!(poller.poll(&mut stream), Poll::Ready(Some(Ok(answer))) if answer.id == 1));
         assert!(
-            matches!(poll_once(&mut stream), Poll::Ready(None)),
+            matches!(poller.poll(&mut stream), Poll::Ready(None)),
             "request 2 was never read"
         );
     }
