@@ -133,6 +133,15 @@ fn put_op(key: &str, value: &str) -> proto::RequestOp {
     client::put_op(key.as_bytes(), value.as_bytes(), 0)
 }
 
+/// A plain gRPC channel to one member, for calls the client does not make.
+async fn raw_channel(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 fn code(e: &Error) -> Option<ErrorCode> {
     e.code()
 }
@@ -384,11 +393,7 @@ async fn a_slow_watcher_is_cut_off_with_an_error_and_can_resume() {
     let cluster = Cluster::start(1, options).await;
     let client = cluster.client();
     let base = client.put("s/0", "x").await.unwrap().header.unwrap().revision;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.endpoints()[0]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = raw_channel(&cluster.endpoints()[0]).await;
     let mut raw = proto::watch_client::WatchClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .watch(proto::WatchRequest {
@@ -649,11 +654,7 @@ async fn a_retried_write_applies_once() {
     let client = cluster.client();
     client.put("counter", "1").await.unwrap();
     let leader = cluster.leader().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addresses[&leader]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = raw_channel(&cluster.addresses[&leader]).await;
     let mut kv = proto::kv_client::KvClient::new(channel);
     let cas = proto::Command {
         session: Some(proto::Session {
@@ -881,11 +882,7 @@ async fn watches_per_connection_are_limited() {
     // is refused with TOO_MANY_REQUESTS, and closing one frees a place.
     let cluster = Cluster::start(1, ServerOptions::default()).await;
     cluster.client().put("w", "1").await.unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.endpoints()[0]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = raw_channel(&cluster.endpoints()[0]).await;
     let mut watch = proto::watch_client::WatchClient::new(channel);
     let request = proto::WatchRequest {
         key: b"w".to_vec(),
@@ -954,11 +951,7 @@ async fn pipeline_answers(
     address: &str,
     requests: Vec<proto::PipelineRequest>,
 ) -> BTreeMap<u64, Vec<Option<proto::pipeline_response::Response>>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = raw_channel(address).await;
     let mut answers = proto::kv_client::KvClient::new(channel)
         .pipeline(tokio_stream::iter(requests))
         .await

@@ -27,7 +27,7 @@ use crate::limits::REQUEST_BYTES_MAX;
 use crate::proto::{
     self, command, command_reply, pipeline_request, pipeline_response, Command, ErrorCode, KeyValue, Session,
 };
-use crate::store::prefix_end;
+use crate::store::{self, prefix_end};
 use pipeline::Pipeline;
 
 /// How a [`MetaClient`] waits and retries.
@@ -99,8 +99,7 @@ impl Conn {
         let pipeline = self
             .pipeline
             .get_or_try_init(|| Pipeline::open(self.channel.clone()))
-            .await?
-            .clone();
+            .await?;
         pipeline.call(request).await
     }
 
@@ -414,14 +413,11 @@ impl MetaClient {
             }),
             op: Some(op),
         };
-        if command.encoded_len() > REQUEST_BYTES_MAX {
+        if let Err(e) = store::check_request_bytes(command.encoded_len(), REQUEST_BYTES_MAX) {
             lock(&self.inner.unacked).remove(&seq);
             return Err(Error::Server {
                 code: ErrorCode::TooLarge,
-                message: format!(
-                    "the request is {} bytes; the limit is {REQUEST_BYTES_MAX}",
-                    command.encoded_len()
-                ),
+                message: e.message,
             });
         }
         let result = self

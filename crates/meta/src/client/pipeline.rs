@@ -8,7 +8,6 @@
 //! the last handle to it is dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
@@ -18,8 +17,8 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use super::lock;
-use crate::limits::{REQUEST_BYTES_MAX, REQUEST_MESSAGE_BYTES_MAX};
-use crate::proto::{self, pipeline_request, pipeline_response, ErrorCode, PipelineRequest};
+use crate::limits::REQUEST_MESSAGE_BYTES_MAX;
+use crate::proto::{self, pipeline_request, pipeline_response, PipelineRequest};
 use crate::store;
 
 type Answer = Result<pipeline_response::Response, Status>;
@@ -27,6 +26,8 @@ type Answer = Result<pipeline_response::Response, Status>;
 #[derive(Default)]
 struct Waiting {
     answers: HashMap<u64, oneshot::Sender<Answer>>,
+    /// The id of the latest request.
+    last_id: u64,
     /// Why the stream ended, once it has.
     ended: Option<String>,
 }
@@ -36,7 +37,6 @@ struct Waiting {
 pub(super) struct Pipeline {
     requests: mpsc::UnboundedSender<PipelineRequest>,
     waiting: Arc<Mutex<Waiting>>,
-    next_id: Arc<AtomicU64>,
 }
 
 /// Removes a request's entry when its caller stops waiting (a timeout), so no answer is kept.
@@ -85,11 +85,7 @@ impl Pipeline {
             }
             waiting.ended = Some(reason);
         });
-        Ok(Pipeline {
-            requests,
-            waiting,
-            next_id: Arc::new(AtomicU64::new(1)),
-        })
+        Ok(Pipeline { requests, waiting })
     }
 
     /// Whether the stream has ended (a new one is needed).
@@ -99,30 +95,25 @@ impl Pipeline {
 
     /// Sends `request` and waits for its answer. A store error comes back as a status whose
     /// details hold it, as from a unary call.
-    pub(super) async fn call(self, request: pipeline_request::Request) -> Answer {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = PipelineRequest {
-            id,
+    pub(super) async fn call(&self, request: pipeline_request::Request) -> Answer {
+        let mut request = PipelineRequest {
+            id: u64::MAX, // (counted at its largest)
             request: Some(request),
         };
         // The member would refuse it by breaking the stream (and every request on it).
-        if request.encoded_len() > REQUEST_MESSAGE_BYTES_MAX {
-            return Err(error_status(store::error(
-                ErrorCode::TooLarge,
-                format!(
-                    "the request is {} bytes; the limit is {REQUEST_BYTES_MAX}",
-                    request.encoded_len()
-                ),
-            )));
-        }
+        store::check_request_bytes(request.encoded_len(), REQUEST_MESSAGE_BYTES_MAX).map_err(error_status)?;
         let (sender, answer) = oneshot::channel();
-        {
+        let id = {
             let mut waiting = lock(&self.waiting);
             if let Some(reason) = &waiting.ended {
                 return Err(Status::unavailable(reason.clone()));
             }
+            waiting.last_id += 1;
+            let id = waiting.last_id;
             waiting.answers.insert(id, sender);
-        }
+            id
+        };
+        request.id = id;
         let _forget = Forget {
             waiting: &self.waiting,
             id,

@@ -163,15 +163,7 @@ impl MetaServer {
     pub(crate) async fn write(&self, command: Command) -> Result<command_reply::Reply, Status> {
         self.check_serving()?;
         let bytes = command.encode_to_vec();
-        if bytes.len() > REQUEST_BYTES_MAX {
-            return Err(status(store::error(
-                ErrorCode::TooLarge,
-                format!(
-                    "the request is {} bytes; the limit is {REQUEST_BYTES_MAX}",
-                    bytes.len()
-                ),
-            )));
-        }
+        store::check_request_bytes(bytes.len(), REQUEST_BYTES_MAX).map_err(status)?;
         check_sizes(&command).map_err(status)?;
         if adds_data(&command) {
             let size_bytes = self.inner.applied.borrow().size_bytes;

@@ -107,21 +107,21 @@ async fn answer(server: MetaServer, request: PipelineRequest) -> PipelineRespons
         Some(pipeline_request::Request::Range(range)) => server
             .range_request(range)
             .await
-            .map(pipeline_response::Response::Range),
+            .map(pipeline_response::Response::Range)
+            .map_err(|status| error_of(&status)),
         Some(pipeline_request::Request::Write(command)) => server
             .write_request(command)
             .await
-            .map(pipeline_response::Response::Write),
-        None => Err(super::status(store::error(
+            .map(pipeline_response::Response::Write)
+            .map_err(|status| error_of(&status)),
+        None => Err(store::error(
             ErrorCode::InvalidArgument,
             "a pipeline request without a request",
-        ))),
+        )),
     };
     let mut answer = PipelineResponse {
         id: request.id,
-        response: Some(
-            response.unwrap_or_else(|status| pipeline_response::Response::Error(error_of(&status))),
-        ),
+        response: Some(response.unwrap_or_else(pipeline_response::Response::Error)),
     };
     // An answer over the encoding limit would end the whole stream (and fail every request
     // on it); it fails alone instead. (A transaction of many range reads can get there.)

@@ -110,6 +110,17 @@ pub fn check_key_value(key: &[u8], value_len: usize) -> OpResult<()> {
     Ok(())
 }
 
+/// Refuses an encoded request of `n_bytes` over `limit` bytes (TOO_LARGE).
+pub fn check_request_bytes(n_bytes: usize, limit: usize) -> Result<(), proto::Error> {
+    if n_bytes > limit {
+        return Err(error(
+            ErrorCode::TooLarge,
+            format!("the request is {n_bytes} bytes; the limit is {limit}"),
+        ));
+    }
+    Ok(())
+}
+
 impl MetaStore {
     pub fn new() -> MetaStore {
         MetaStore::default()
