@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -91,11 +91,68 @@ pub struct WorkerSummary {
     pub reason: ExitReason,
 }
 
+/// One attempt this worker runs. `run` counts the attempts this worker has started: a
+/// restarted coordinator hands out the same task and attempt numbers again, and a heartbeat
+/// answered about the old attempt must not cancel the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RunningTask {
+    run: u64,
+    is_map: bool,
+    idx: u32,
+    attempt: u32,
+}
+
+#[derive(Default)]
+struct Running {
+    runs: u64,
+    task: Option<RunningTask>,
+}
+
+/// The attempt in progress, shared by the task loop and the heartbeat loop.
 #[derive(Default)]
 struct Current {
-    running: Mutex<Option<(bool, u32, u32)>>,
+    running: Mutex<Running>,
     progress: AtomicU64,
     cancel: AtomicBool,
+}
+
+impl Current {
+    fn lock(&self) -> MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new attempt starts: not cancelled, no progress yet.
+    fn start(&self, is_map: bool, idx: u32, attempt: u32) -> RunningTask {
+        let mut running = self.lock();
+        running.runs += 1;
+        let task = RunningTask {
+            run: running.runs,
+            is_map,
+            idx,
+            attempt,
+        };
+        running.task = Some(task);
+        self.cancel.store(false, Ordering::Relaxed);
+        self.progress.store(0, Ordering::Relaxed);
+        task
+    }
+
+    fn finish(&self) {
+        self.lock().task = None;
+    }
+
+    fn task(&self) -> Option<RunningTask> {
+        self.lock().task
+    }
+
+    /// Cancels `task` if it is still the attempt in progress (checked and set under the lock
+    /// that [`Current::start`] takes, so a newer attempt is never cancelled in its place).
+    fn cancel_if_running(&self, task: RunningTask) {
+        let running = self.lock();
+        if running.task == Some(task) {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Shared {
@@ -314,9 +371,7 @@ async fn run_one(
     task: proto::TaskReply,
 ) {
     let (idx, attempt) = (task.task_idx, task.attempt);
-    shared.current.cancel.store(false, Ordering::Relaxed);
-    shared.current.progress.store(0, Ordering::Relaxed);
-    *shared.current.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((is_map, idx, attempt));
+    shared.current.start(is_map, idx, attempt);
     let started = Instant::now();
     let outcome = {
         let (shared2, job, spec, dir) = (shared.clone(), job.clone(), spec.clone(), dir.to_path_buf());
@@ -337,7 +392,7 @@ async fn run_one(
         .await
         .unwrap_or_else(|e| Outcome::Failed(format!("task panicked: {e}"), None))
     };
-    *shared.current.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    shared.current.finish();
     let duration_ms = started.elapsed().as_millis() as u64;
     let mut report = proto::TaskReport {
         worker_id: shared.id,
@@ -601,9 +656,9 @@ async fn heartbeat_loop(
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let running = *shared.current.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running = shared.current.task();
         let (is_running, is_map, task_idx, attempt) = match running {
-            Some((m, i, a)) => (true, m, i, a),
+            Some(t) => (true, t.is_map, t.idx, t.attempt),
             None => (false, false, 0, 0),
         };
         let req = proto::HeartbeatRequest {
@@ -626,9 +681,8 @@ async fn heartbeat_loop(
                         })
                         .await;
                 }
-                let still_same = *shared.current.running.lock().unwrap_or_else(|e| e.into_inner()) == running;
-                if reply.cancel && is_running && still_same {
-                    shared.current.cancel.store(true, Ordering::Relaxed);
+                if let (true, Some(task)) = (reply.cancel, running) {
+                    shared.current.cancel_if_running(task);
                 }
                 if reply.exit {
                     shared.current.cancel.store(true, Ordering::Relaxed);
@@ -712,5 +766,33 @@ impl proto::map_output_server::MapOutput for MapOutputService {
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_for_an_earlier_attempt_with_the_same_numbers_leaves_the_new_one_running() {
+        // A restarted coordinator numbers attempts from its journal, so the attempt it hands
+        // out can carry the same task and attempt numbers as the one this worker ran for the
+        // coordinator before it. A heartbeat answered about the old one must not cancel it.
+        let current = Current::default();
+        let old = current.start(false, 1, 0);
+        current.finish();
+        let new = current.start(false, 1, 0);
+        current.cancel_if_running(old);
+        assert!(!current.cancel.load(Ordering::Relaxed));
+        current.cancel_if_running(new);
+        assert!(current.cancel.load(Ordering::Relaxed));
+        // The next attempt starts uncancelled.
+        current.finish();
+        current.start(true, 0, 3);
+        assert!(!current.cancel.load(Ordering::Relaxed));
+        assert_eq!(
+            current.task().map(|t| (t.is_map, t.idx, t.attempt)),
+            Some((true, 0, 3))
+        );
     }
 }
