@@ -36,9 +36,9 @@
 //! (the WAL write and fsync of a `Ready`, restoring a snapshot, compacting the WAL) runs on
 //! the runtime's blocking threads while the loop awaits it: workers never wait for a disk,
 //! and groups never wait for each other's disks. Snapshots are written on a blocking thread
-//! too, for as long as they take. `apply` and reads run on the loop's task, so they should be quick. Peer streams, the
-//! gRPC servers and the clients are tokio tasks; the loop hands outbound messages to per-peer
-//! bounded queues without blocking.
+//! too, for as long as they take. `apply` and reads run on the loop's task, so they should be
+//! quick. Peer streams, the gRPC servers and the clients are tokio tasks; the loop hands
+//! outbound messages to per-peer bounded queues without blocking.
 //!
 //! ## The loop of a group
 //!

@@ -349,36 +349,23 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn full_logs(dir: &Path) -> String {
+/// The last `lines_max` lines of every process log in `dir` (`usize::MAX`: whole logs).
+fn logs(dir: &Path, lines_max: usize) -> String {
     let mut out = String::new();
     for e in fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "log") {
-            out += &format!(
-                "--- {}\n{}\n",
-                p.display(),
-                fs::read_to_string(&p).unwrap_or_default()
-            );
+            let text = fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(lines_max)..];
+            out += &format!("--- {}\n{}\n", p.display(), tail.join("\n"));
         }
     }
     out
 }
 
 fn dump_logs_on_failure(dir: &Path) -> String {
-    let mut out = String::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "log") {
-            let text = fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out += &format!(
-                "--- {} (tail)\n{}\n",
-                p.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-    out
+    logs(dir, 15)
 }
 
 #[test]
@@ -1014,7 +1001,7 @@ fn mr_coordinator_restarted_after_sigkill_resumes_from_its_journal() {
         n("attempts_started") - n("attempts_lost") - n("backup_attempts"),
         6 - committed,
         "committed reduces ran again ({committed} committed before the kill): {summary}\n{}",
-        full_logs(tmp.path())
+        logs(tmp.path(), usize::MAX)
     );
     assert_eq!(
         fs::read_to_string(&count).unwrap().lines().count(),
